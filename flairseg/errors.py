@@ -1,0 +1,43 @@
+"""Errors a user can fix, and the CLI wrapper that turns them into one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+
+class FlairsegError(ValueError):
+    """A problem with the user's input: a file, a folder or a setting. The message names it."""
+
+
+class DataError(FlairsegError):
+    """A data folder or file that does not follow the kaggle_3m contract."""
+
+
+class ConfigError(FlairsegError):
+    """A setting with a value that cannot work; the message names the key."""
+
+
+EXIT_USAGE = 2
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line (no usage block) with exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
+    """Run a CLI entry point; a `FlairsegError` becomes `error: ...` on stderr and exit status 2."""
+    try:
+        code = main(argv)
+    except FlairsegError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    raise SystemExit(code or 0)

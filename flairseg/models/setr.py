@@ -1,0 +1,87 @@
+"""The seed's SETR: a vision transformer encoder with a progressive-upsampling decoder.
+
+The image is cut into `num_cuts` x `num_cuts` patches; each patch is flattened and
+embedded linearly, a learned positional embedding is added, and a pre-norm
+transformer encoder of `depth` layers (`heads` attention heads, MLP of `mlp_dim`)
+mixes the tokens. The token grid is read back as a (dim, num_cuts, num_cuts) map and
+upsampled by log2(image_size / num_cuts) transposed-conv x2 stages to full size, so
+any `num_cuts` whose patch side is a power of two gives a full-size mask (the seed's
+fixed four stages fit only num_cuts = image_size / 16).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from flairseg.errors import ConfigError
+from flairseg.models.registry import MODELS
+
+
+class SETR(nn.Module):
+    """Shape: (B, in_channels, S, S) -> logits (B, 1, S, S), S = image_size."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        image_size: int,
+        num_cuts: int = 8,
+        depth: int = 4,
+        dim: int = 256,
+        heads: int = 8,
+        mlp_dim: int = 512,
+    ) -> None:
+        super().__init__()
+        self.num_cuts = num_cuts
+        self.patch = image_size // num_cuts
+        self.embed = nn.Linear(in_channels * self.patch**2, dim)
+        self.pos = nn.Parameter(torch.randn(1, num_cuts**2, dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(
+            dim, heads, mlp_dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, depth, norm=nn.LayerNorm(dim), enable_nested_tensor=False)
+        stages = []
+        cin = dim
+        for _ in range(int(math.log2(self.patch))):
+            cout = max(cin // 2, 16)
+            stages += [nn.ConvTranspose2d(cin, cout, 2, stride=2), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+            cin = cout
+        self.decoder = nn.Sequential(*stages)
+        self.head = nn.Conv2d(cin, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, _, _ = x.shape
+        n, p = self.num_cuts, self.patch
+        # (B, C, n*p, n*p) -> (B, n*n, C*p*p): one row per patch, row-major over the grid
+        tokens = x.reshape(b, c, n, p, n, p).permute(0, 2, 4, 1, 3, 5).reshape(b, n * n, c * p * p)
+        tokens = self.encoder(self.embed(tokens) + self.pos)
+        grid = tokens.transpose(1, 2).reshape(b, -1, n, n)
+        return self.head(self.decoder(grid))
+
+
+@MODELS.register("setr")
+def build_setr(
+    in_channels: int,
+    image_size: int,
+    num_cuts: int = 8,
+    depth: int = 4,
+    dim: int = 256,
+    heads: int = 8,
+    mlp_dim: int = 512,
+) -> SETR:
+    if num_cuts < 1 or image_size % num_cuts:
+        raise ConfigError(f"num_cuts={num_cuts} does not divide image_size={image_size}")
+    patch = image_size // num_cuts
+    if patch & (patch - 1):
+        raise ConfigError(
+            f"num_cuts={num_cuts} gives {patch}-px patches at image_size={image_size}; "
+            "the patch side must be a power of two"
+        )
+    for key, value in (("depth", depth), ("dim", dim), ("heads", heads), ("mlp_dim", mlp_dim)):
+        if value < 1:
+            raise ConfigError(f"{key}={value} for setr must be positive")
+    if dim % heads:
+        raise ConfigError(f"dim={dim} is not divisible by heads={heads}")
+    return SETR(in_channels, image_size, num_cuts, depth, dim, heads, mlp_dim)

@@ -1,0 +1,88 @@
+"""The seed's U-Net: conv blocks down with max-pooling, transposed convs up, skip concatenation.
+
+Preset (the course project's model): two pooling levels, 64-128-256 channels, ReLU.
+`depth` is the number of pooling levels, `width` the channels of the first level
+(doubled at each level), `norm` the normalisation after each conv.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from flairseg.errors import ConfigError
+from flairseg.models.registry import MODELS
+
+NORMS = ("none", "batch", "instance", "group")
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=True)
+    if kind == "group":
+        return nn.GroupNorm(min(8, channels), channels)
+    return nn.Identity()
+
+
+class ConvBlock(nn.Sequential):
+    """Two 3x3 convs, each followed by the normalisation and ReLU."""
+
+    def __init__(self, cin: int, cout: int, norm: str) -> None:
+        bias = norm == "none"
+        super().__init__(
+            nn.Conv2d(cin, cout, 3, padding=1, bias=bias),
+            _norm(norm, cout),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=bias),
+            _norm(norm, cout),
+            nn.ReLU(inplace=True),
+        )
+
+
+class UNet(nn.Module):
+    """Shape: (B, in_channels, H, W) -> logits (B, 1, H, W); H and W divisible by 2**depth."""
+
+    def __init__(self, in_channels: int = 3, depth: int = 2, width: int = 64, norm: str = "batch") -> None:
+        super().__init__()
+        chans = [width * 2**i for i in range(depth + 1)]
+        self.down = nn.ModuleList()
+        cin = in_channels
+        for c in chans[:-1]:
+            self.down.append(ConvBlock(cin, c, norm))
+            cin = c
+        self.pool = nn.MaxPool2d(2)
+        self.bottom = ConvBlock(chans[-2], chans[-1], norm)
+        self.up = nn.ModuleList()
+        self.merge = nn.ModuleList()
+        for c_deep, c_skip in zip(reversed(chans[1:]), reversed(chans[:-1]), strict=True):
+            self.up.append(nn.ConvTranspose2d(c_deep, c_skip, 2, stride=2))
+            self.merge.append(ConvBlock(2 * c_skip, c_skip, norm))
+        self.head = nn.Conv2d(chans[0], 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for block in self.down:
+            x = block(x)
+            skips.append(x)
+            x = self.pool(x)
+        x = self.bottom(x)
+        for up, merge, skip in zip(self.up, self.merge, reversed(skips), strict=True):
+            x = merge(torch.cat([up(x), skip], dim=1))
+        return self.head(x)
+
+
+@MODELS.register("unet")
+def build_unet(
+    in_channels: int, image_size: int, depth: int = 2, width: int = 64, norm: str = "batch"
+) -> UNet:
+    if depth < 1 or depth > 6:
+        raise ConfigError(f"depth={depth} for unet must be between 1 and 6 pooling levels")
+    if width < 1:
+        raise ConfigError(f"width={width} for unet must be positive")
+    if norm not in NORMS:
+        raise ConfigError(f"norm={norm!r} for unet; choose one of: {', '.join(NORMS)}")
+    if image_size % 2**depth:
+        raise ConfigError(f"image_size={image_size} is not divisible by 2**depth={2**depth} (unet depth={depth})")
+    return UNet(in_channels, depth=depth, width=width, norm=norm)
