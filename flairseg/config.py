@@ -63,7 +63,9 @@ class TrainConfig:
         for key in ("val_fraction", "test_fraction"):
             _check_range(key, getattr(self, key), low=0.0, high=1.0, high_open=True)
         if self.val_fraction <= 0:
-            raise ConfigError(f"val_fraction={self.val_fraction} must be above 0: val drives the search")
+            raise ConfigError(
+                f"val_fraction={self.val_fraction} must be above 0: val drives the search"
+            )
         if self.val_fraction + self.test_fraction >= 1:
             raise ConfigError(
                 f"val_fraction={self.val_fraction} + test_fraction={self.test_fraction} leave no train patients"
@@ -71,7 +73,9 @@ class TrainConfig:
         allowed = model_params(self.model)
         for key in MODEL_KEYS:
             if getattr(self, key) is not None and key not in allowed:
-                raise ConfigError(f"{key} does not apply to model {self.model!r} (its knobs: {', '.join(allowed)})")
+                raise ConfigError(
+                    f"{key} does not apply to model {self.model!r} (its knobs: {', '.join(allowed)})"
+                )
         with torch.device("meta"):  # geometry checks fail here, not mid-run; meta allocates nothing
             self.build_model()
 
@@ -91,7 +95,9 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         for key in values:
             if key not in known:
-                raise ConfigError(f"unknown setting {key!r}; known settings: {', '.join(sorted(known))}")
+                raise ConfigError(
+                    f"unknown setting {key!r}; known settings: {', '.join(sorted(known))}"
+                )
         return cls(**values)
 
     def replace(self, **changes: Any) -> TrainConfig:

@@ -30,7 +30,9 @@ class ArgumentParser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
+def run_cli(
+    main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None
+) -> None:
     """Run a CLI entry point; a `FlairsegError` becomes `error: ...` on stderr and exit status 2."""
     try:
         code = main(argv)

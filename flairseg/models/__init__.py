@@ -30,7 +30,9 @@ def build_model(name: str, in_channels: int, image_size: int, **params: object) 
     given = {k: v for k, v in params.items() if v is not None}
     for key in given:
         if key not in allowed:
-            raise ConfigError(f"{key} does not apply to model {name!r} (its knobs: {', '.join(allowed)})")
+            raise ConfigError(
+                f"{key} does not apply to model {name!r} (its knobs: {', '.join(allowed)})"
+            )
     return builder(in_channels=in_channels, image_size=image_size, **given)
 
 

@@ -41,12 +41,18 @@ class SETR(nn.Module):
         layer = nn.TransformerEncoderLayer(
             dim, heads, mlp_dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
         )
-        self.encoder = nn.TransformerEncoder(layer, depth, norm=nn.LayerNorm(dim), enable_nested_tensor=False)
+        self.encoder = nn.TransformerEncoder(
+            layer, depth, norm=nn.LayerNorm(dim), enable_nested_tensor=False
+        )
         stages = []
         cin = dim
         for _ in range(int(math.log2(self.patch))):
             cout = max(cin // 2, 16)
-            stages += [nn.ConvTranspose2d(cin, cout, 2, stride=2), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+            stages += [
+                nn.ConvTranspose2d(cin, cout, 2, stride=2),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            ]
             cin = cout
         self.decoder = nn.Sequential(*stages)
         self.head = nn.Conv2d(cin, 1, 1)

@@ -44,7 +44,9 @@ class ConvBlock(nn.Sequential):
 class UNet(nn.Module):
     """Shape: (B, in_channels, H, W) -> logits (B, 1, H, W); H and W divisible by 2**depth."""
 
-    def __init__(self, in_channels: int = 3, depth: int = 2, width: int = 64, norm: str = "batch") -> None:
+    def __init__(
+        self, in_channels: int = 3, depth: int = 2, width: int = 64, norm: str = "batch"
+    ) -> None:
         super().__init__()
         chans = [width * 2**i for i in range(depth + 1)]
         self.down = nn.ModuleList()
@@ -84,5 +86,7 @@ def build_unet(
     if norm not in NORMS:
         raise ConfigError(f"norm={norm!r} for unet; choose one of: {', '.join(NORMS)}")
     if image_size % 2**depth:
-        raise ConfigError(f"image_size={image_size} is not divisible by 2**depth={2**depth} (unet depth={depth})")
+        raise ConfigError(
+            f"image_size={image_size} is not divisible by 2**depth={2**depth} (unet depth={depth})"
+        )
     return UNet(in_channels, depth=depth, width=width, norm=norm)

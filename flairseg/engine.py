@@ -1,0 +1,284 @@
+"""The training loop, evaluation and checkpoints: one config and one data set in, scores out.
+
+`train` calls `on_epoch` once per epoch with that epoch's metrics (keys as in
+DESIGN.md: epoch, train_loss, val_loss, val_pixel_accuracy, val_mean_accuracy,
+val_iou, val_dice, val_volume_dice); this callback is the one seam a study uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from flairseg import metrics as M
+from flairseg.augment import augment
+from flairseg.config import TrainConfig
+from flairseg.dataset import Dataset, Part
+from flairseg.errors import ConfigError
+from flairseg.losses import build_loss
+
+CHECKPOINT_FORMAT = 1
+
+
+class DivergedError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Mixed precision on CUDA (bf16 where supported, else fp16); plain fp32 elsewhere."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+    """sigmoid(model(images)) in float32 on the images' device; shape (N, 1, H, W)."""
+    model.eval()
+    device = images.device
+    out = []
+    for start in range(0, len(images), batch_size):
+        with _autocast(device):
+            logits = model(images[start : start + batch_size])
+        out.append(torch.sigmoid(logits.float()))
+    return torch.cat(out) if out else images.new_zeros((0, 1, *images.shape[2:]))
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    part: Part,
+    loss_fn: nn.Module,
+    prefix: str,
+    device: torch.device | str = "cpu",
+    batch_size: int = 32,
+) -> dict[str, float]:
+    """Loss, micro scores over every pixel of `part`, and the mean per-patient volume Dice.
+
+    Keys: {prefix}_loss, {prefix}_pixel_accuracy, {prefix}_mean_accuracy, {prefix}_iou,
+    {prefix}_dice, {prefix}_volume_dice.
+    """
+    model.eval()
+    device = torch.device(device)
+    loss_sum, counts = 0.0, []
+    for start in range(0, len(part), batch_size):
+        index = torch.arange(start, min(start + batch_size, len(part)))
+        x, y = part.batch(index, device)
+        with _autocast(device):
+            logits = model(x)
+        loss_sum += float(loss_fn(logits, y)) * len(index)
+        counts.append(M.confusion(torch.sigmoid(logits.float()), y))
+    per_slice = M.Confusion(*(torch.cat([c[i].cpu() for c in counts]) for i in range(4)))
+    result = {f"{prefix}_loss": loss_sum / max(len(part), 1)}
+    result.update({f"{prefix}_{k}": v for k, v in M.micro(per_slice).items()})
+    result[f"{prefix}_volume_dice"] = M.volume_dice(per_slice, part.patient.cpu())
+    return result
+
+
+@dataclass
+class TrainState:
+    """Everything a checkpoint holds; `train` owns one, callbacks may save it."""
+
+    config: TrainConfig
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config.to_dict(),
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "history": self.history,
+            **self.extra,
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the checkpoint atomically (a reader never sees half a file)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+        return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint with `weights_only=True` (no code is unpickled)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: checkpoint does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many kinds for a foreign or damaged file
+        raise ConfigError(f"{path}: not a flairseg checkpoint ({type(err).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(f"{path}: not a flairseg checkpoint (format {CHECKPOINT_FORMAT})")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any]) -> tuple[TrainConfig, nn.Module]:
+    config = TrainConfig.from_dict(ckpt["config"])
+    model = config.build_model()
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    return config, model
+
+
+@dataclass
+class EpochReport:
+    """What `on_epoch` receives: the epoch's metrics and the live state (to checkpoint it)."""
+
+    epoch: int
+    metrics: dict[str, float]
+    state: TrainState
+    device: torch.device
+
+    def save_checkpoint(self, path: str | os.PathLike) -> Path:
+        return self.state.save(path)
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Probabilities (N, 1, H, W) on the CPU for standardised images (N, C, H, W)."""
+        return predict_probs(self.state.model, images.to(self.device)).cpu()
+
+
+@dataclass
+class TrainResult:
+    metrics: dict[str, float]  # the last epoch's
+    history: list[dict[str, float]]
+    model: nn.Module
+    state: TrainState
+    seconds: float
+    stopped_early: bool
+
+
+EpochCallback = Callable[[EpochReport], bool | None]
+
+
+def train(
+    config: TrainConfig,
+    data: Dataset,
+    on_epoch: EpochCallback | None = None,
+    resume: dict[str, Any] | str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+) -> TrainResult:
+    """Train `config` on `data.train`, scoring `data.val` after every epoch.
+
+    `on_epoch(report)` may return True to stop after that epoch. `resume` (a checkpoint
+    or its path) continues a run from its last finished epoch; the rest of the run is
+    then the same as if it had never stopped. Raises DivergedError on a NaN loss.
+    """
+    if data.image_size != config.image_size or data.channels != config.channels:
+        raise ConfigError(
+            f"data is {data.image_size} px x {data.channels} channels but the config asks for "
+            f"image_size={config.image_size}, channels={config.channels}"
+        )
+    device = pick_device(device)
+    seed_everything(config.seed)
+    model = config.build_model().to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    generator = torch.Generator().manual_seed(config.seed)
+    state = TrainState(
+        config,
+        model,
+        optimizer,
+        generator,
+        extra={"split": data.split.to_dict(), "fingerprint": data.fingerprint},
+    )
+    if resume is not None:
+        _restore(state, resume if isinstance(resume, dict) else load_checkpoint(resume))
+    loss_fn = build_loss(config.loss, config.alpha)
+    # fp16 needs loss scaling; bf16 and fp32 do not
+    scaler = torch.amp.GradScaler(
+        "cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    )
+    train_part = data.train.to(device) if device.type == "cuda" else data.train
+    started = time.perf_counter()
+    stopped_early = False
+    for epoch in range(state.epoch + 1, config.epochs + 1):
+        model.train()
+        order = torch.randperm(len(train_part), generator=generator)
+        loss_sum = 0.0
+        for start in range(0, len(order), config.batch_size):
+            index = order[start : start + config.batch_size]
+            x, y = train_part.batch(index, device)
+            if config.augment:
+                x, y = augment(x, y, generator)
+            with _autocast(device):
+                logits = model(x)
+            loss = loss_fn(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            loss_sum += loss.item() * len(index)  # a CPU-GPU sync point, once per batch
+        train_loss = loss_sum / len(order)
+        if not math.isfinite(train_loss):
+            raise DivergedError(f"train loss became {train_loss} at epoch {epoch} (lr={config.lr})")
+        metrics = {"epoch": epoch, "train_loss": train_loss}
+        metrics.update(evaluate(model, data.val, loss_fn, "val", device))
+        state.epoch = epoch
+        state.history.append(metrics)
+        if on_epoch is not None and on_epoch(EpochReport(epoch, metrics, state, device)):
+            stopped_early = epoch < config.epochs
+            break
+    return TrainResult(
+        metrics=state.history[-1] if state.history else {},
+        history=state.history,
+        model=model,
+        state=state,
+        seconds=time.perf_counter() - started,
+        stopped_early=stopped_early,
+    )
+
+
+def _restore(state: TrainState, ckpt: dict[str, Any]) -> None:
+    saved = TrainConfig.from_dict(ckpt["config"])
+    if saved.replace(epochs=state.config.epochs) != state.config:
+        changed = [
+            k
+            for k, v in saved.to_dict().items()
+            if k != "epochs" and state.config.to_dict()[k] != v
+        ]
+        raise ConfigError(f"checkpoint was trained with other settings: {', '.join(changed)}")
+    if state.extra.get("fingerprint") != ckpt.get("fingerprint") or state.extra.get(
+        "split"
+    ) != ckpt.get("split"):
+        raise ConfigError("checkpoint was trained on another data set or split")
+    state.model.load_state_dict(ckpt["model"])
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    state.generator.set_state(ckpt["generator"])
+    torch.set_rng_state(ckpt["torch_rng"])
+    state.epoch = int(ckpt["epoch"])
+    state.history = list(ckpt["history"])

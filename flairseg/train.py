@@ -1,0 +1,166 @@
+"""Train one model: `python -m flairseg.train [--data DIR] [--model unet --loss combo ...]`.
+
+Every setting of `TrainConfig` is a flag (`image_size` is `--image-size`). Without
+`--data` the run uses the synthetic default, generated once into the cache folder.
+A progress line is printed per epoch; the best configuration is not chosen here:
+the last epoch's model is scored on val and, once, on test. `--json FILE` writes
+those scores with the DESIGN.md keys and the patient split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from flairseg.config import TrainConfig, field_types
+from flairseg.data import cache_dir
+from flairseg.dataset import load_dataset
+from flairseg.engine import DivergedError, EpochReport, evaluate, pick_device, train
+from flairseg.errors import ArgumentParser, ConfigError, DataError, run_cli
+from flairseg.losses import build_loss
+from flairseg.phantom import PhantomSpec, write_phantom
+
+
+def default_data(spec: PhantomSpec = PhantomSpec()) -> Path:
+    """The embedded synthetic default: generated on first use into the cache folder."""
+    folder = cache_dir() / "data" / spec.name()
+    if not folder.exists():
+        print(f"generating the synthetic default data set into {folder} (once)", file=sys.stderr)
+        try:
+            write_phantom(folder, spec)
+        except DataError:
+            if not folder.exists():  # not a concurrent writer that finished first
+                raise
+    return folder
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, `_` spelt `-`; defaults None so unset flags keep the config's."""
+    defaults = TrainConfig()
+    for name, (kind, optional) in field_types().items():
+        flag = "--" + name.replace("_", "-")
+        default = getattr(defaults, name)
+        if kind is bool:
+            parser.add_argument(
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"(default: {default})",
+            )
+        else:
+            shown = "model preset" if optional else default
+            parser.add_argument(
+                flag, type=kind, default=None, metavar=name.upper(), help=f"(default: {shown})"
+            )
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    given = {name: getattr(args, name) for name in field_types() if getattr(args, name) is not None}
+    return TrainConfig.from_dict(given)
+
+
+def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    """Write JSON atomically: the file is either absent or complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def describe(config: TrainConfig) -> str:
+    loss = f"combo(alpha={config.alpha:g})" if config.loss == "combo" else config.loss
+    knobs = " ".join(f"{k}={v}" for k, v in config.model_kwargs().items())
+    return f"{config.model}{' ' + knobs if knobs else ''} / {loss}, {config.image_size} px"
+
+
+def print_epoch(report: EpochReport, total: int, started: float) -> None:
+    m = report.metrics
+    print(
+        f"epoch {m['epoch']:>3}/{total}  train_loss {m['train_loss']:.4f}  val_loss {m['val_loss']:.4f}  "
+        f"val_dice {m['val_dice']:.3f}  val_iou {m['val_iou']:.3f}  val_volume_dice {m['val_volume_dice']:.3f}  "
+        f"[{time.perf_counter() - started:.1f} s]",
+        flush=True,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = ArgumentParser(prog="python -m flairseg.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--data", help="kaggle_3m folder (default: the synthetic phantom set)")
+    add_config_flags(parser)
+    parser.add_argument("--json", metavar="FILE", help="write the final scores and split here")
+    parser.add_argument(
+        "--checkpoint", metavar="FILE", help="save the final model here (for flairseg.predict)"
+    )
+    parser.add_argument(
+        "--resume", metavar="FILE", help="continue from a checkpoint of the same config"
+    )
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    args = parser.parse_args(argv)
+
+    config = config_from_args(args)
+    for flag in ("json", "checkpoint"):
+        target = getattr(args, flag)
+        if target and Path(target).is_dir():
+            raise ConfigError(f"--{flag} {target}: is a folder; give a file name")
+    data_dir = Path(args.data) if args.data else default_data()
+    data = load_dataset(data_dir, config)
+    device = pick_device(args.device)
+    print(
+        f"training {describe(config)} for {config.epochs} epochs on {device}: {data_dir} "
+        f"({len(data.train)}/{len(data.val)}/{len(data.test) if data.test else 0} slices, "
+        f"{len(data.split.train)}/{len(data.split.val)}/{len(data.split.test)} patients train/val/test)",
+        flush=True,
+    )
+    started = time.perf_counter()
+    try:
+        result = train(
+            config,
+            data,
+            on_epoch=lambda report: print_epoch(report, config.epochs, started),
+            resume=args.resume,
+            device=device,
+        )
+    except DivergedError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    scores: dict[str, Any] = dict(result.metrics)
+    if data.test is not None:
+        scores.update(
+            evaluate(result.model, data.test, build_loss(config.loss, config.alpha), "test", device)
+        )
+    if args.checkpoint:
+        result.state.save(args.checkpoint)
+    if args.json:
+        write_json(
+            args.json,
+            {
+                **scores,
+                "split": data.split.to_dict(),
+                "config": config.to_dict(),
+                "data": str(data_dir),
+                "fingerprint": data.fingerprint,
+                "seconds": round(result.seconds, 2),
+            },
+        )
+    summary = (
+        f"{describe(config)}, {scores['epoch']} epochs in {result.seconds:.1f} s: "
+        f"val dice {scores['val_dice']:.3f} iou {scores['val_iou']:.3f} volume dice {scores['val_volume_dice']:.3f}"
+    )
+    if "test_dice" in scores:
+        summary += f" | test dice {scores['test_dice']:.3f} iou {scores['test_iou']:.3f}"
+    print(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
