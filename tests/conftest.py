@@ -1,0 +1,69 @@
+"""Shared fixtures: small phantom data sets, an isolated cache, the real LGG sample when present."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flairseg.phantom import PhantomSpec, write_phantom
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every test (and every CLI it starts) caches under a temporary folder, never ~/.cache."""
+    folder = tmp_path_factory.mktemp("flairseg-cache")
+    old = os.environ.get("FLAIRSEG_CACHE")
+    os.environ["FLAIRSEG_CACHE"] = str(folder)
+    yield folder
+    if old is None:
+        os.environ.pop("FLAIRSEG_CACHE", None)
+    else:
+        os.environ["FLAIRSEG_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 patients x 12 slices at 64 px: big enough to learn on in seconds."""
+    return write_phantom(tmp_path_factory.mktemp("phantom") / "kaggle_3m", PhantomSpec(12, 12, 64, seed=3))
+
+
+@pytest.fixture()
+def tiny_phantom(tmp_path: Path) -> Path:
+    """A fresh, writable 3-patient x 3-slice, 32 px set that a test may damage."""
+    return write_phantom(tmp_path / "tiny", PhantomSpec(3, 3, 32, seed=1))
+
+
+@pytest.fixture(scope="session")
+def lgg_sample() -> Path:
+    """The real LGG sample (kaggle_3m folder), or skip with the reason."""
+    value = os.environ.get("FLAIRSEG_LGG_SAMPLE")
+    if not value:
+        pytest.skip("FLAIRSEG_LGG_SAMPLE is unset: point it at lgg-sample/kaggle_3m to test on real MRI")
+    path = Path(value)
+    if not path.is_dir():
+        pytest.skip(f"FLAIRSEG_LGG_SAMPLE={value} is not a folder")
+    return path
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `python -m ARGS` as a user would, capturing its output."""
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=cwd or REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
