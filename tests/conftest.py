@@ -31,7 +31,9 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def phantom_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """12 patients x 12 slices at 64 px: big enough to learn on in seconds."""
-    return write_phantom(tmp_path_factory.mktemp("phantom") / "kaggle_3m", PhantomSpec(12, 12, 64, seed=3))
+    return write_phantom(
+        tmp_path_factory.mktemp("phantom") / "kaggle_3m", PhantomSpec(12, 12, 64, seed=3)
+    )
 
 
 @pytest.fixture()
@@ -45,14 +47,18 @@ def lgg_sample() -> Path:
     """The real LGG sample (kaggle_3m folder), or skip with the reason."""
     value = os.environ.get("FLAIRSEG_LGG_SAMPLE")
     if not value:
-        pytest.skip("FLAIRSEG_LGG_SAMPLE is unset: point it at lgg-sample/kaggle_3m to test on real MRI")
+        pytest.skip(
+            "FLAIRSEG_LGG_SAMPLE is unset: point it at lgg-sample/kaggle_3m to test on real MRI"
+        )
     path = Path(value)
     if not path.is_dir():
         pytest.skip(f"FLAIRSEG_LGG_SAMPLE={value} is not a folder")
     return path
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """Run `python -m ARGS` as a user would, capturing its output."""
     return subprocess.run(
         [sys.executable, "-m", *args],

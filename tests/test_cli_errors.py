@@ -90,8 +90,19 @@ def test_bad_data_through_train_cli(case: str, tiny_phantom: Path, tmp_path: Pat
     data, expected = CASES[case](tiny_phantom)
     out = tmp_path / "out"
     result = run_cli(
-        "flairseg.train", "--data", str(data), "--image-size", "32", "--width", "4", "--epochs", "1",
-        "--json", str(out / "scores.json"), "--checkpoint", str(out / "model.ckpt"),
+        "flairseg.train",
+        "--data",
+        str(data),
+        "--image-size",
+        "32",
+        "--width",
+        "4",
+        "--epochs",
+        "1",
+        "--json",
+        str(out / "scores.json"),
+        "--checkpoint",
+        str(out / "model.ckpt"),
     )
     assert_one_line_exit_2(result, expected)
     assert not out.exists()
@@ -105,16 +116,37 @@ def test_bad_data_through_train_cli(case: str, tiny_phantom: Path, tmp_path: Pat
         (["--alpha", "1.5"], "alpha=1.5 is outside [0, 1]"),
         (["--model", "setr", "--num-cuts", "3"], "num_cuts=3 does not divide image_size=32"),
         (["--num-cuts", "4"], "num_cuts does not apply to model 'unet'"),
-        (["--val-fraction", "0.5", "--test-fraction", "0.4"], "split leaves a part empty: 3 patients"),
+        (
+            ["--val-fraction", "0.5", "--test-fraction", "0.4"],
+            "split leaves a part empty: 3 patients",
+        ),
         (["--epochs", "many"], "argument --epochs: invalid int value: 'many'"),
     ],
-    ids=["unknown-model", "unknown-loss", "bad-alpha", "setr-geometry", "foreign-knob", "empty-split", "not-a-number"],
+    ids=[
+        "unknown-model",
+        "unknown-loss",
+        "bad-alpha",
+        "setr-geometry",
+        "foreign-knob",
+        "empty-split",
+        "not-a-number",
+    ],
 )
-def test_bad_settings_through_train_cli(flags: list[str], expected: str, tiny_phantom: Path, tmp_path: Path) -> None:
+def test_bad_settings_through_train_cli(
+    flags: list[str], expected: str, tiny_phantom: Path, tmp_path: Path
+) -> None:
     json_file = tmp_path / "scores.json"
     result = run_cli(
-        "flairseg.train", "--data", str(tiny_phantom), "--image-size", "32", "--epochs", "1",
-        "--json", str(json_file), *flags,
+        "flairseg.train",
+        "--data",
+        str(tiny_phantom),
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        "--json",
+        str(json_file),
+        *flags,
     )
     assert_one_line_exit_2(result, expected)
     assert not json_file.exists()
@@ -130,8 +162,24 @@ def test_bad_predict_inputs(tiny_phantom: Path, tmp_path: Path) -> None:
     not_a_checkpoint = tmp_path / "junk.ckpt"
     not_a_checkpoint.write_bytes(b"junk")
     out = tmp_path / "pred"
-    result = run_cli("flairseg.predict", "--checkpoint", str(not_a_checkpoint), "--input", str(tiny_phantom), "--out", str(out))
+    result = run_cli(
+        "flairseg.predict",
+        "--checkpoint",
+        str(not_a_checkpoint),
+        "--input",
+        str(tiny_phantom),
+        "--out",
+        str(out),
+    )
     assert_one_line_exit_2(result, "junk.ckpt: not a flairseg checkpoint")
-    result = run_cli("flairseg.predict", "--checkpoint", str(tmp_path / "absent.ckpt"), "--input", str(tiny_phantom), "--out", str(out))
+    result = run_cli(
+        "flairseg.predict",
+        "--checkpoint",
+        str(tmp_path / "absent.ckpt"),
+        "--input",
+        str(tiny_phantom),
+        "--out",
+        str(out),
+    )
     assert_one_line_exit_2(result, "absent.ckpt: checkpoint does not exist")
     assert not out.exists()

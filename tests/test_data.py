@@ -65,7 +65,9 @@ def test_loader_reads_phantom(phantom_dir: Path, tmp_path: Path) -> None:
     assert slices.images.shape == (144, 32, 32, 3) and slices.images.dtype == np.uint8
     assert slices.masks.shape == (144, 32, 32) and set(np.unique(slices.masks)) <= {0, 1}
     first = slices.patient == 0
-    assert slices.number[first].tolist() == list(range(1, 13))  # numeric order, not 1, 10, 11, 12, 2
+    assert slices.number[first].tolist() == list(
+        range(1, 13)
+    )  # numeric order, not 1, 10, 11, 12, 2
     assert slices.masks.any()
 
 
@@ -95,7 +97,9 @@ def test_split_by_patient_is_disjoint_and_seeded() -> None:
     assert len(a.train) == 12 and len(a.val) == 4 and len(a.test) == 4
     assert not (set(a.train) & set(a.val) or set(a.train) & set(a.test) or set(a.val) & set(a.test))
     assert set(a.train) | set(a.val) | set(a.test) == set(patients)
-    assert split_patients(list(reversed(patients)), 0.2, 0.2, seed=1) == a  # order of discovery is irrelevant
+    assert (
+        split_patients(list(reversed(patients)), 0.2, 0.2, seed=1) == a
+    )  # order of discovery is irrelevant
     assert split_patients(patients, 0.2, 0.2, seed=2) != a
     no_test = split_patients(patients[:8], 0.25, 0.0, seed=0)
     assert (len(no_test.train), len(no_test.val), len(no_test.test)) == (6, 2, 0)
@@ -142,5 +146,7 @@ def test_loader_reads_real_sample_like_phantom(lgg_sample: Path, tmp_path: Path)
     assert slices.images.shape == (177, 64, 64, 3)
     assert int(slices.masks.reshape(177, -1).any(1).sum()) == 66
     assert 0.008 < slices.masks.mean() < 0.02
-    data = load_dataset(lgg_sample, TrainConfig(image_size=64, val_fraction=0.25, test_fraction=0), cache=tmp_path)
+    data = load_dataset(
+        lgg_sample, TrainConfig(image_size=64, val_fraction=0.25, test_fraction=0), cache=tmp_path
+    )
     assert (len(data.split.train), len(data.split.val), len(data.split.test)) == (6, 2, 0)

@@ -58,7 +58,9 @@ def test_per_sample_is_unreduced_and_micro_pools_pixels() -> None:
     per = M.per_sample_scores(pred, target)
     assert per["dice"].shape == (2,)
     assert per["dice"].tolist() == pytest.approx([0.5, 1.0])  # second slice: empty-empty scores 1
-    assert M.scores(pred, target)["dice"] == pytest.approx(0.5)  # micro: the empty slice adds no counts
+    assert M.scores(pred, target)["dice"] == pytest.approx(
+        0.5
+    )  # micro: the empty slice adds no counts
     assert M.scores(pred, target)["pixel_accuracy"] == pytest.approx(14 / 16)
 
 

@@ -44,7 +44,9 @@ def test_unet_preset_is_the_seed() -> None:
     model = build_model("unet", 3, 64)
     convs = [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert max(convs) == 256 and convs[0] == 64  # 64-128-256, two pooling levels
-    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model.modules()) == 1  # one pool used twice
+    assert (
+        sum(isinstance(m, torch.nn.MaxPool2d) for m in model.modules()) == 1
+    )  # one pool used twice
     assert len(model.down) == 2
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from flairseg.errors import ConfigError
-from flairseg.models.registry import MODELS
+from flairseg.models.registry import MODELS, init_head
 
 
 class SETR(nn.Module):
@@ -56,6 +56,7 @@ class SETR(nn.Module):
             cin = cout
         self.decoder = nn.Sequential(*stages)
         self.head = nn.Conv2d(cin, 1, 1)
+        init_head(self.head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, _, _ = x.shape

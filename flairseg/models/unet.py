@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from flairseg.errors import ConfigError
-from flairseg.models.registry import MODELS
+from flairseg.models.registry import MODELS, init_head
 
 NORMS = ("none", "batch", "instance", "group")
 
@@ -62,6 +62,7 @@ class UNet(nn.Module):
             self.up.append(nn.ConvTranspose2d(c_deep, c_skip, 2, stride=2))
             self.merge.append(ConvBlock(2 * c_skip, c_skip, norm))
         self.head = nn.Conv2d(chans[0], 1, 1)
+        init_head(self.head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
