@@ -37,13 +37,28 @@ EPOCHS, WIDTH, LR, BATCH, ALPHA = 30, 16, 1e-3, 16, 0.5
 # ---- the plain loop -------------------------------------------------------------------------
 
 
-def plain_load(root: Path, names: list[str], size: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+def plain_load(
+    root: Path, names: list[str], size: int
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     xs, ys, owner = [], [], []
     for i, name in enumerate(names):
-        files = sorted((root / name).glob(f"{name}_*[0-9].tif"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
-        vol = np.stack([np.asarray(Image.open(f).resize((size, size), Image.BILINEAR), np.float32) for f in files])
+        files = sorted(
+            (root / name).glob(f"{name}_*[0-9].tif"), key=lambda p: int(p.stem.rsplit("_", 1)[1])
+        )
+        vol = np.stack(
+            [
+                np.asarray(Image.open(f).resize((size, size), Image.BILINEAR), np.float32)
+                for f in files
+            ]
+        )
         vol = (vol - vol.mean(axis=(0, 1, 2))) / vol.std(axis=(0, 1, 2))
-        masks = [np.asarray(Image.open(f.with_name(f.stem + "_mask.tif")).resize((size, size), Image.NEAREST)) > 0 for f in files]
+        masks = [
+            np.asarray(
+                Image.open(f.with_name(f.stem + "_mask.tif")).resize((size, size), Image.NEAREST)
+            )
+            > 0
+            for f in files
+        ]
         xs.append(torch.from_numpy(vol).permute(0, 3, 1, 2))
         ys.append(torch.from_numpy(np.stack(masks)).float()[:, None])
         owner += [i] * len(files)
@@ -52,8 +67,12 @@ def plain_load(root: Path, names: list[str], size: int) -> tuple[torch.Tensor, t
 
 def block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
-        nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
+        nn.Conv2d(cin, cout, 3, padding=1),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(),
+        nn.Conv2d(cout, cout, 3, padding=1),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(),
     )
 
 
@@ -79,7 +98,9 @@ def plain_combo(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return ALPHA * F.binary_cross_entropy_with_logits(logits, y) + (1 - ALPHA) * dice
 
 
-def plain_run(root: Path, train_names: list[str], val_names: list[str], size: int, seed: int) -> dict:
+def plain_run(
+    root: Path, train_names: list[str], val_names: list[str], size: int, seed: int
+) -> dict:
     torch.manual_seed(seed)
     x, y, _ = plain_load(root, train_names, size)
     vx, vy, owner = plain_load(root, val_names, size)
@@ -101,7 +122,9 @@ def plain_run(root: Path, train_names: list[str], val_names: list[str], size: in
     seconds = time.perf_counter() - start
     model.eval()
     with torch.no_grad():
-        pred = torch.cat([torch.sigmoid(model(vx[i : i + 32])) for i in range(0, len(vx), 32)]) >= 0.5
+        pred = (
+            torch.cat([torch.sigmoid(model(vx[i : i + 32])) for i in range(0, len(vx), 32)]) >= 0.5
+        )
     owner_t = torch.tensor(owner)
     dices = []
     for i in range(len(val_names)):
@@ -116,17 +139,36 @@ def plain_run(root: Path, train_names: list[str], val_names: list[str], size: in
 
 def ours_run(root: Path, size: int, seed: int) -> dict:
     config = TrainConfig(
-        model="unet", width=WIDTH, norm="batch", loss="combo", alpha=ALPHA, lr=LR, batch_size=BATCH,
-        epochs=EPOCHS, image_size=size, seed=seed, val_fraction=0.25, test_fraction=0.0, split_seed=0,
+        model="unet",
+        width=WIDTH,
+        norm="batch",
+        loss="combo",
+        alpha=ALPHA,
+        lr=LR,
+        batch_size=BATCH,
+        epochs=EPOCHS,
+        image_size=size,
+        seed=seed,
+        val_fraction=0.25,
+        test_fraction=0.0,
+        split_seed=0,
     )
     result = train(config, load_dataset(root, config), device="cpu")
-    return {"seconds": result.seconds, "val_volume_dice": result.metrics["val_volume_dice"],
-            "val_dice": result.metrics["val_dice"], "val_iou": result.metrics["val_iou"]}
+    return {
+        "seconds": result.seconds,
+        "val_volume_dice": result.metrics["val_volume_dice"],
+        "val_dice": result.metrics["val_dice"],
+        "val_iou": result.metrics["val_iou"],
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=os.environ.get("FLAIRSEG_LGG_SAMPLE"), help="kaggle_3m folder of the LGG sample")
+    parser.add_argument(
+        "--data",
+        default=os.environ.get("FLAIRSEG_LGG_SAMPLE"),
+        help="kaggle_3m folder of the LGG sample",
+    )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
@@ -135,23 +177,46 @@ def main() -> None:
     root = Path(args.data)
     patients = sorted(p.name for p in root.iterdir() if p.is_dir())
     split = split_patients(patients, 0.25, 0.0, seed=0)
-    print(f"train {len(split.train)} patients, val {list(split.val)}; {EPOCHS} epochs, torch threads {torch.get_num_threads()}")
-    rows: dict[str, list[dict]] = {"plain loop 64 px": [], "flairseg 64 px": [], "flairseg 128 px": []}
+    print(
+        f"train {len(split.train)} patients, val {list(split.val)}; {EPOCHS} epochs, torch threads {torch.get_num_threads()}"
+    )
+    rows: dict[str, list[dict]] = {
+        "plain loop 64 px": [],
+        "flairseg 64 px": [],
+        "flairseg 128 px": [],
+    }
     for seed in range(args.seeds):
-        rows["plain loop 64 px"].append(plain_run(root, list(split.train), list(split.val), 64, seed))
+        rows["plain loop 64 px"].append(
+            plain_run(root, list(split.train), list(split.val), 64, seed)
+        )
         rows["flairseg 64 px"].append(ours_run(root, 64, seed))
         rows["flairseg 128 px"].append(ours_run(root, 128, seed))
-        print(f"seed {seed}: " + "  ".join(f"{k}: {v[-1]['val_volume_dice']:.3f} ({v[-1]['seconds']:.0f} s)" for k, v in rows.items()), flush=True)
+        print(
+            f"seed {seed}: "
+            + "  ".join(
+                f"{k}: {v[-1]['val_volume_dice']:.3f} ({v[-1]['seconds']:.0f} s)"
+                for k, v in rows.items()
+            ),
+            flush=True,
+        )
     base = statistics.mean(r["val_volume_dice"] for r in rows["plain loop 64 px"])
     print(f"\n{'run':<18} {'val volume Dice (mean, min-max)':>32} {'s/run':>7} {'vs plain':>9}")
     summary = {}
     for name, runs in rows.items():
         d = [r["val_volume_dice"] for r in runs]
         sec = statistics.mean(r["seconds"] for r in runs)
-        summary[name] = {"val_volume_dice_mean": statistics.mean(d), "per_seed": d, "seconds_mean": sec}
-        print(f"{name:<18} {statistics.mean(d):>12.3f} ({min(d):.3f}-{max(d):.3f}){'':>8} {sec:>7.1f} {statistics.mean(d) / base:>8.2f}x")
+        summary[name] = {
+            "val_volume_dice_mean": statistics.mean(d),
+            "per_seed": d,
+            "seconds_mean": sec,
+        }
+        print(
+            f"{name:<18} {statistics.mean(d):>12.3f} ({min(d):.3f}-{max(d):.3f}){'':>8} {sec:>7.1f} {statistics.mean(d) / base:>8.2f}x"
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({"split": split.to_dict(), "epochs": EPOCHS, "runs": summary}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"split": split.to_dict(), "epochs": EPOCHS, "runs": summary}, indent=2)
+        )
 
 
 if __name__ == "__main__":

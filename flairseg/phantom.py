@@ -39,7 +39,7 @@ class PhantomSpec:
     seed: int = 0
 
     def name(self) -> str:
-        return f"phantom-v1-p{self.patients}-s{self.slices}-{self.size}px-seed{self.seed}"
+        return f"phantom-v2-p{self.patients}-s{self.slices}-{self.size}px-seed{self.seed}"
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray:
@@ -75,6 +75,11 @@ def _patient_volume(spec: PhantomSpec, index: int) -> tuple[np.ndarray, np.ndarr
     fingers = [
         (rng.uniform(0, 2 * np.pi), rng.uniform(0.5, 1.3), rng.uniform(0.08, 0.18))
         for _ in range(rng.integers(2, 6))
+    ]
+    # FLAIR-bright mimics that are not lesion (as small-vessel disease is): the model must tell them apart
+    mimics = [
+        (rng.uniform(-0.25, 0.25, 2), rng.uniform(0.015, 0.035), rng.uniform(0.2, 0.8))
+        for _ in range(rng.integers(1, 4))
     ]
 
     images = np.zeros((n, s, s, 3), np.uint8)
@@ -117,13 +122,19 @@ def _patient_volume(spec: PhantomSpec, index: int) -> tuple[np.ndarray, np.ndarr
             mask = (level < 1) & brain
             # diffuse oedema: FLAIR stays raised beyond the mask edge and fades out
             halo = 1 / (1 + np.exp(np.clip((level - 1.15) / 0.12, -50, 50)))
-            flair += brain * (halo * rng.uniform(55, 80) + mask * rng.uniform(10, 25))
+            flair += brain * (halo * rng.uniform(40, 70) + mask * rng.uniform(5, 20))
             t1 -= brain * halo * 15
             t1c += mask * (level > 0.7) * rng.uniform(0, 40)  # some lesions enhance at the rim
+        for (mx, my), radius, z_mid in mimics:
+            if abs(z - z_mid) < 0.15:
+                blob = np.exp(
+                    -(((xx - cx - mx * scale) ** 2 + (yy - cy - my * scale) ** 2) / (2 * radius**2))
+                )
+                flair += brain * blob * rng.uniform(40, 65)
         tex = texture * brain
         t1, flair, t1c = t1 + 6 * tex, flair + 8 * tex, t1c + 6 * tex
         stack = np.stack([t1, flair, t1c], axis=-1) * contrast
-        stack += rng.normal(0, 3, stack.shape) * head[..., None]
+        stack += rng.normal(0, 5, stack.shape) * head[..., None]
         images[k] = np.clip(stack, 0, 255).astype(np.uint8)
         masks[k] = mask.astype(np.uint8) * 255
     return images, masks
