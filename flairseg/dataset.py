@@ -84,11 +84,10 @@ class Part:
         self, index: torch.Tensor, device: torch.device | str = "cpu"
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Standardised images (B, C, S, S) float32 and masks (B, 1, S, S) float32."""
-        x = self.images[index].to(device, non_blocking=True).float()
-        mean = self.mean[index].to(device)[:, :, None, None]
-        std = self.std[index].to(device)[:, :, None, None]
-        y = self.masks[index].to(device, non_blocking=True).float()
-        return (x - mean) / std, y
+        x = standardise(
+            self.images[index].to(device, non_blocking=True), self.mean[index], self.std[index]
+        )
+        return x, self.masks[index].to(device, non_blocking=True).float()
 
     def to(self, device: torch.device | str) -> Part:
         return Part(
@@ -111,6 +110,13 @@ class Dataset:
     fingerprint: str
     image_size: int
     channels: int
+
+
+def standardise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """(images - mean) / std per slice and channel: images (N, C, S, S) uint8, mean and std (N, C)."""
+    mean = mean.to(images.device)[:, :, None, None]
+    std = std.to(images.device)[:, :, None, None]
+    return (images.float() - mean) / std
 
 
 def volume_stats(images: np.ndarray, patient: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

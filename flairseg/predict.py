@@ -19,7 +19,7 @@ from PIL import Image
 
 from flairseg import metrics as M
 from flairseg.data import SlicePair, discover_patient, read_image, read_mask, resize_image
-from flairseg.dataset import FLAIR, volume_stats
+from flairseg.dataset import FLAIR, standardise, volume_stats
 from flairseg.engine import load_checkpoint, model_from_checkpoint, pick_device, predict_probs
 from flairseg.errors import ArgumentParser, DataError, run_cli
 from flairseg.viz import overlay_panels
@@ -62,10 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config.channels == 1:
         small = small[..., FLAIR : FLAIR + 1]
     mean, std = volume_stats(small, np.zeros(len(small), np.int64))
-    x = (
-        torch.from_numpy(small).permute(0, 3, 1, 2).float()
-        - torch.from_numpy(mean)[:, :, None, None]
-    ) / torch.from_numpy(std)[:, :, None, None]
+    x = standardise(
+        torch.from_numpy(small).permute(0, 3, 1, 2), torch.from_numpy(mean), torch.from_numpy(std)
+    )
 
     device = pick_device(args.device)
     probs = predict_probs(model.to(device), x.to(device)).cpu()

@@ -21,17 +21,20 @@ from flairseg.models.registry import MODELS, init_head
 
 
 class SETR(nn.Module):
-    """Shape: (B, in_channels, S, S) -> logits (B, 1, S, S), S = image_size."""
+    """Shape: (B, in_channels, S, S) -> logits (B, 1, S, S), S = image_size.
+
+    The presets live in `build_setr`, which also checks the geometry.
+    """
 
     def __init__(
         self,
         in_channels: int,
         image_size: int,
-        num_cuts: int = 8,
-        depth: int = 4,
-        dim: int = 256,
-        heads: int = 8,
-        mlp_dim: int = 512,
+        num_cuts: int,
+        depth: int,
+        dim: int,
+        heads: int,
+        mlp_dim: int,
     ) -> None:
         super().__init__()
         self.num_cuts = num_cuts

@@ -42,11 +42,12 @@ class ConvBlock(nn.Sequential):
 
 
 class UNet(nn.Module):
-    """Shape: (B, in_channels, H, W) -> logits (B, 1, H, W); H and W divisible by 2**depth."""
+    """Shape: (B, in_channels, H, W) -> logits (B, 1, H, W); H and W divisible by 2**depth.
 
-    def __init__(
-        self, in_channels: int = 3, depth: int = 2, width: int = 64, norm: str = "batch"
-    ) -> None:
+    The presets live in `build_unet`, which also checks the settings.
+    """
+
+    def __init__(self, in_channels: int, depth: int, width: int, norm: str) -> None:
         super().__init__()
         chans = [width * 2**i for i in range(depth + 1)]
         self.down = nn.ModuleList()
