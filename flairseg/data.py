@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from flairseg.errors import DataError
+from flairseg.files import atomic_write
 
 CACHE_VERSION = 1
 _SLICE = re.compile(r"^(?P<stem>.+)_(?P<num>\d+)(?P<mask>_mask)?\.tiff?$", re.IGNORECASE)
@@ -109,15 +109,19 @@ def fingerprint(pairs: list[SlicePair], root: Path) -> str:
     return digest.hexdigest()
 
 
-def read_image(path: Path) -> np.ndarray:
-    """An RGB uint8 slice (H, W, 3); fails naming the file if unreadable or of another kind."""
+def _decode_tiff(path: Path) -> tuple[str, np.ndarray]:
+    """(PIL mode, pixels) of a TIFF, fully decoded: a truncated file fails here, naming it."""
     try:
         with Image.open(path) as im:
             im.load()
-            mode = im.mode
-            array = np.asarray(im)
+            return im.mode, np.asarray(im)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise DataError(f"{path}: unreadable TIFF ({err})") from None
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An RGB uint8 slice (H, W, 3); fails naming the file if unreadable or of another kind."""
+    mode, array = _decode_tiff(path)
     if mode != "RGB" or array.dtype != np.uint8:
         raise DataError(f"{path}: expected an RGB uint8 image, got mode {mode}")
     return array
@@ -125,12 +129,7 @@ def read_image(path: Path) -> np.ndarray:
 
 def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
     """A binary mask (H, W) uint8 in {0, 1}; the file must hold only 0 and 255 (or 0 and 1)."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            array = np.asarray(im)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        raise DataError(f"{path}: unreadable TIFF ({err})") from None
+    _, array = _decode_tiff(path)
     if array.ndim == 3:  # a mask saved as RGB: accept only if its channels agree
         if not (array == array[..., :1]).all():
             raise DataError(f"{path}: mask has {array.shape[2]} differing channels; expected one")
@@ -192,7 +191,8 @@ def load_slices(
             images, masks = stored["images"], stored["masks"]
     else:
         images, masks = decode(pairs, image_size)
-        _save_atomic(cache_file, images=images, masks=masks)
+        with atomic_write(cache_file) as f:
+            np.savez(f, images=images, masks=masks)
     return SliceSet(
         images=images,
         masks=masks,
@@ -202,15 +202,3 @@ def load_slices(
         fingerprint=fp,
         image_size=image_size,
     )
-
-
-def _save_atomic(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

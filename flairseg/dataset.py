@@ -47,7 +47,7 @@ def split_patients(
     order = np.random.default_rng(seed).permutation(n)
     n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
     n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
-    if n - n_val - n_test < 1 or (val_fraction > 0 and n_val < 1):
+    if n - n_val - n_test < 1:
         raise DataError(
             f"split leaves a part empty: {n} patients with val_fraction={val_fraction} and "
             f"test_fraction={test_fraction} give {n - n_val - n_test} train, {n_val} val, {n_test} test"

@@ -26,6 +26,7 @@ from flairseg.augment import augment
 from flairseg.config import TrainConfig
 from flairseg.dataset import Dataset, Part
 from flairseg.errors import ConfigError
+from flairseg.files import atomic_write
 from flairseg.losses import build_loss
 
 CHECKPOINT_FORMAT = 1
@@ -92,7 +93,7 @@ def evaluate(
             logits = model(x)
         loss_sum += float(loss_fn(logits, y)) * len(index)
         counts.append(M.confusion(torch.sigmoid(logits.float()), y))
-    per_slice = M.Confusion(*(torch.cat([c[i].cpu() for c in counts]) for i in range(4)))
+    per_slice = M.Confusion.cat(counts)
     result = {f"{prefix}_loss": loss_sum / max(len(part), 1)}
     result.update({f"{prefix}_{k}": v for k, v in M.micro(per_slice).items()})
     result[f"{prefix}_volume_dice"] = M.volume_dice(per_slice, part.patient.cpu())
@@ -126,12 +127,9 @@ class TrainState:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the checkpoint atomically (a reader never sees half a file)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
-        return path
+        with atomic_write(path) as f:
+            torch.save(self.state_dict(), f)
+        return Path(path)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -175,12 +173,22 @@ class EpochReport:
 
 @dataclass
 class TrainResult:
-    metrics: dict[str, float]  # the last epoch's
-    history: list[dict[str, float]]
-    model: nn.Module
     state: TrainState
     seconds: float
     stopped_early: bool
+
+    @property
+    def history(self) -> list[dict[str, float]]:
+        return self.state.history
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The last epoch's metrics ({} when no epoch ran)."""
+        return self.state.history[-1] if self.state.history else {}
+
+    @property
+    def model(self) -> nn.Module:
+        return self.state.model
 
 
 EpochCallback = Callable[[EpochReport], bool | None]
@@ -254,9 +262,6 @@ def train(
             stopped_early = epoch < config.epochs
             break
     return TrainResult(
-        metrics=state.history[-1] if state.history else {},
-        history=state.history,
-        model=model,
         state=state,
         seconds=time.perf_counter() - started,
         stopped_early=stopped_early,

@@ -34,6 +34,11 @@ class Confusion(NamedTuple):
     fn: torch.Tensor
     tn: torch.Tensor
 
+    @classmethod
+    def cat(cls, parts: list[Confusion]) -> Confusion:
+        """Join the per-sample counts of several batches into one Confusion."""
+        return cls(*(torch.cat([p[i].cpu() for p in parts]) for i in range(4)))
+
     def sum(self) -> Confusion:
         return Confusion(*(c.sum().reshape(1) for c in self))
 

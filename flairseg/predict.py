@@ -84,8 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             counts.append(M.confusion(torch.from_numpy(pred)[None], torch.from_numpy(mask)[None]))
     summary = f"wrote {len(pairs)} predicted masks and overlays to {out}"
     if counts:
-        total = M.Confusion(*(torch.cat([c[i] for c in counts]) for i in range(4)))
-        s = M.micro(total)
+        s = M.micro(M.Confusion.cat(counts))
         summary += f"; against the {len(counts)} ground-truth masks: dice {s['dice']:.3f} iou {s['iou']:.3f}"
     print(summary, file=sys.stdout)
     return 0

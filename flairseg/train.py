@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ from flairseg.data import cache_dir
 from flairseg.dataset import load_dataset
 from flairseg.engine import DivergedError, EpochReport, evaluate, pick_device, train
 from flairseg.errors import ArgumentParser, ConfigError, DataError, run_cli
+from flairseg.files import atomic_write
 from flairseg.losses import build_loss
 from flairseg.phantom import PhantomSpec, write_phantom
 
@@ -68,13 +68,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     """Write JSON atomically: the file is either absent or complete."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
+    with atomic_write(path, "w") as f:
         json.dump(payload, f, indent=2)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 def describe(config: TrainConfig) -> str:
