@@ -28,12 +28,12 @@ def heat(prob: np.ndarray) -> np.ndarray:
     return (rgb * 255).astype(np.uint8)
 
 
-def _blend(base: np.ndarray, colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+def blend(base: np.ndarray, colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     a = alpha[..., None]
     return (base * (1 - a) + colour * a).astype(np.uint8)
 
 
-def _contour(mask: np.ndarray) -> np.ndarray:
+def contour(mask: np.ndarray) -> np.ndarray:
     inner = mask.copy()
     inner[1:-1, 1:-1] = (
         mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
@@ -48,11 +48,11 @@ def overlay_panels(
     grey = flair_grey(image)
     h, w = prob.shape
     if mask is not None:
-        truth = _blend(grey, np.array([0, 255, 0], np.uint8), 0.45 * (mask > 0))
+        truth = blend(grey, np.array([0, 255, 0], np.uint8), 0.45 * (mask > 0))
     else:
         truth = grey // 3
-    heat_panel = _blend(grey, heat(prob), 0.75 * np.clip(prob, 0, 1))
-    heat_panel[_contour(prob >= 0.5)] = (0, 255, 255)
+    heat_panel = blend(grey, heat(prob), 0.75 * np.clip(prob, 0, 1))
+    heat_panel[contour(prob >= 0.5)] = (0, 255, 255)
     strip = 14
     canvas = Image.new("RGB", (3 * w, h + strip), "black")
     for i, panel in enumerate((grey, truth, heat_panel)):

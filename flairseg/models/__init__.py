@@ -23,6 +23,12 @@ def model_params(name: str) -> list[str]:
     return [p for p in sig.parameters if p not in ("in_channels", "image_size")]
 
 
+def model_defaults(name: str) -> dict[str, object]:
+    """The preset value of each knob of model `name` (what a knob left as None means)."""
+    sig = inspect.signature(MODELS.get(name))
+    return {k: p.default for k, p in sig.parameters.items() if k in model_params(name)}
+
+
 def build_model(name: str, in_channels: int, image_size: int, **params: object) -> nn.Module:
     """Build the registered model `name`; unknown knobs fail naming the knob and the model."""
     builder = MODELS.get(name)
@@ -36,4 +42,4 @@ def build_model(name: str, in_channels: int, image_size: int, **params: object) 
     return builder(in_channels=in_channels, image_size=image_size, **given)
 
 
-__all__ = ["MODELS", "build_model", "model_params"]
+__all__ = ["MODELS", "build_model", "model_defaults", "model_params"]

@@ -1,0 +1,237 @@
+"""The Tune callback on the driver: trial runs in MLflow, and one progress line per event.
+
+It replaces Ray's `MLflowLoggerCallback` (which opened a second run for a resumed
+trial and left the first RUNNING) and Ray's status table (printed every few seconds).
+It is pickled with the Tuner's state, so it keeps no client or open handle across a
+pickle: a restored copy reconnects and finds its runs again in MLflow.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from flairseg.config import TrainConfig
+from flairseg.evolution import Evolution
+from study import tracking
+from study.trainable import EVOLUTION_FILE
+
+STATUS_EVERY_S = 30.0
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+class StudyCallback(Callback):
+    def __init__(
+        self,
+        uri: str,
+        experiment_id: str,
+        parent_id: str,
+        study: str,
+        search: str,
+        fingerprint: str,
+        metric: str,
+        mode: str,
+        total: int,
+        status_every: float = STATUS_EVERY_S,
+    ) -> None:
+        self.uri = uri
+        self.experiment_id = experiment_id
+        self.parent_id = parent_id
+        self.study = study
+        self.search = search
+        self.fingerprint = fingerprint
+        self.metric = metric
+        self.mode = mode
+        self.total = total
+        self.status_every = status_every
+        self._client = None
+        self._runs: dict[int, str] = {}
+        self._last_step: dict[str, int] = {}
+        self._started = time.monotonic()
+        self._last_status = time.monotonic()
+        self._done: dict[int, tuple[str, float | None]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_client"] = None
+        return state
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = tracking.client(self.uri)
+        return self._client
+
+    # -- Tune hooks ---------------------------------------------------------------
+
+    def setup(self, **info: Any) -> None:
+        """Find the runs this study already has (a resumed invocation keeps logging there)."""
+        self._started = self._last_status = time.monotonic()
+        for run in tracking.study_runs(self.client, self.experiment_id, self.study, role="trial"):
+            number = int(run.data.tags.get("optuna_trial", -1))
+            self._runs[number] = run.info.run_id
+            epochs = run.data.tags.get("epochs_logged")
+            self._last_step[run.info.run_id] = int(epochs) if epochs else 0
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        number = int(trial.config["optuna_trial"])
+        config = TrainConfig.from_dict(trial.config["flairseg"])
+        run_id = self._runs.get(number)
+        if run_id is not None:  # resumed: the same run carries on
+            self.client.update_run(run_id, status="RUNNING")
+            self.client.set_tag(run_id, "status", "running")
+            return
+        sampled = {
+            k: v for k, v in trial.config.items() if k not in ("flairseg", "optuna_trial")
+        }
+        tags = {
+            "mlflow.parentRunId": self.parent_id,
+            "study": self.study,
+            "search": self.search,
+            "role": "trial",
+            "optuna_trial": str(number),
+            "ray_trial_id": trial.trial_id,
+            "model": config.model,
+            "loss": config.loss,
+            "data_fingerprint": self.fingerprint,
+            "status": "running",
+            "planned_epochs": str(config.epochs),
+        }
+        run = self.client.create_run(
+            self.experiment_id, run_name=tracking.run_name(number, config, sampled), tags=tags
+        )
+        from mlflow.entities import Param
+
+        params = [Param(k, str(v)) for k, v in tracking.trial_params(config).items()]
+        params += [Param(f"sampled.{k}", str(v)) for k, v in sampled.items()]
+        self.client.log_batch(run.info.run_id, params=params)
+        self._runs[number] = run.info.run_id
+        self._last_step[run.info.run_id] = 0
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
+        run_id = self._run_of(trial)
+        epoch = int(result.get("epoch", 0))
+        if run_id is None or epoch <= self._last_step.get(run_id, 0):
+            return  # a step already logged before an interruption
+        metrics = {k: result[k] for k in tracking.METRIC_KEYS if k in result}
+        if "time_this_iter_s" in result:
+            metrics["epoch_seconds"] = result["time_this_iter_s"]
+        tracking.log_metrics(self.client, run_id, metrics, step=epoch)
+        self.client.set_tag(run_id, "epochs_logged", str(epoch))
+        self._last_step[run_id] = epoch
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        result = trial.last_result or {}
+        epoch = int(result.get("epoch", 0))
+        planned = int(result.get("planned_epochs") or trial.config["flairseg"]["epochs"])
+        if epoch >= planned:
+            status, text = "completed", f"completed {epoch} epochs"
+        else:
+            status, text = f"stopped at epoch {epoch}", f"stopped by ASHA at epoch {epoch}/{planned}"
+        value = result.get(self.metric)
+        self._finish(trial, status, "FINISHED", epoch)
+        self._done[int(trial.config["optuna_trial"])] = (status, value)
+        shown = f"{self.metric} {value:.4f}" if isinstance(value, float) else "no score"
+        say(f"trial {self._label(trial)}: {text}, {shown}")
+        self._maybe_status(trials, force=False)
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        result = trial.last_result or {}
+        epoch = int(result.get("epoch", 0))
+        message = _error_line(trial)
+        run_id = self._run_of(trial)
+        if run_id is not None:
+            self.client.set_tag(run_id, "error", message[:5000])
+        self._finish(trial, "failed", "FAILED", epoch)
+        self._done[int(trial.config["optuna_trial"])] = ("failed", None)
+        say(f"trial {self._label(trial)}: failed after {epoch} epochs: {message}")
+        self._maybe_status(trials, force=False)
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self._maybe_status(trials, force=False)
+
+    # -- helpers ------------------------------------------------------------------
+
+    def _run_of(self, trial) -> str | None:
+        return self._runs.get(int(trial.config["optuna_trial"]))
+
+    def _label(self, trial) -> str:
+        number = int(trial.config["optuna_trial"])
+        config = TrainConfig.from_dict(trial.config["flairseg"])
+        sampled = {k: v for k, v in trial.config.items() if k not in ("flairseg", "optuna_trial")}
+        return tracking.run_name(number, config, sampled)
+
+    def _finish(self, trial, status: str, run_status: str, epoch: int) -> None:
+        run_id = self._run_of(trial)
+        if run_id is None:
+            return
+        tags = {"status": status, "epochs": str(epoch)}
+        if status.startswith("stopped"):
+            tags["stopped_at_epoch"] = str(epoch)
+        checkpoint = trial.checkpoint
+        if checkpoint is not None:
+            tags["checkpoint"] = checkpoint.path
+            try:
+                self._log_evolution(run_id, checkpoint)
+            except Exception as err:  # a picture must not lose the run's status
+                say(f"warning: trial {trial.config['optuna_trial']}: evolution images not logged ({err})")
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, value)
+        self.client.set_terminated(run_id, status=run_status)
+
+    def _log_evolution(self, run_id: str, checkpoint) -> None:
+        with checkpoint.as_directory() as folder:
+            source = Path(folder) / EVOLUTION_FILE
+            if not source.exists():
+                return
+            evolution = Evolution.load(source)
+            with tempfile.TemporaryDirectory() as out:
+                for k, name in enumerate(evolution.names):
+                    evolution.strip(k).save(Path(out) / f"{name}.png")
+                self.client.log_artifacts(run_id, out, "evolution")
+            self.client.log_artifact(run_id, str(source), "evolution")
+
+    def _maybe_status(self, trials: list, force: bool) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_status < self.status_every:
+            return
+        self._last_status = now
+        running = sum(t.status == "RUNNING" for t in trials)
+        finished = [s for s, _ in self._done.values()]
+        stopped = sum(s.startswith("stopped") for s in finished)
+        failed = sum(s == "failed" for s in finished)
+        scores = [v for _, v in self._done.values() if isinstance(v, float) and math.isfinite(v)]
+        best = ""
+        if scores:
+            pick = max(scores) if self.mode == "max" else min(scores)
+            best = f"; best {self.metric} {pick:.4f}"
+        elapsed = int(now - self._started)
+        say(
+            f"[{elapsed // 60}m{elapsed % 60:02d}s] {len(finished)}/{self.total} trials done "
+            f"({stopped} stopped early, {failed} failed), {running} running{best}"
+        )
+
+
+def _error_line(trial) -> str:
+    """The last line of the trial's traceback: `DivergedError: train loss became nan ...`."""
+    path = trial.error_file
+    try:
+        text = Path(path).read_text() if path else ""
+    except OSError:
+        text = ""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return "unknown error (see the trial's error file)"
+    last = lines[-1]
+    for prefix in ("flairseg.engine.", "flairseg.errors.", "builtins."):
+        last = last.replace(prefix, "")
+    return last
+

@@ -1,0 +1,196 @@
+"""The persistent study: its Optuna storage, the one-invocation-at-a-time lock, the ledger.
+
+A study lives in Optuna's storage (SQLite by default, a database URL on a cluster).
+Its invocations are recorded in the study's user attributes (`invocations`: number,
+results path, MLflow parent run, planned trials, state), so any machine that reaches
+the database knows what ran, what was interrupted, and what to resume.
+
+Only one invocation runs a study at a time. The lock is held by the driver process for
+its whole life and released by the operating system or database when it dies, even
+by SIGKILL: `flock` on a file beside a SQLite database, a session advisory lock on
+PostgreSQL. A second invocation is refused with one line; the study is never touched
+by two drivers at once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from flairseg.errors import ConfigError
+
+LEDGER_KEY = "invocations"
+
+
+@dataclass
+class Invocation:
+    number: int
+    path: str  # the Ray Tune experiment folder (or URI)
+    parent_run: str
+    trials: int
+    state: str  # running | done | interrupted | closed
+    started: float
+    host: str
+    pid: int
+    search: dict[str, Any]
+    data: str
+    profile: str
+    seed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def storage_url(url: str) -> str:
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return url
+
+
+def open_storage(url: str):
+    import optuna
+
+    try:
+        return optuna.storages.RDBStorage(
+            storage_url(url), engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None
+        )
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"--optuna-storage {url}: cannot open ({first[:200]})") from None
+
+
+class StudyLock:
+    """Held for the driver's life; `acquire` refuses with one line when another holds it."""
+
+    def __init__(self, url: str, study: str) -> None:
+        self.url = url
+        self.study = study
+        self._fd: int | None = None
+        self._conn = None
+
+    def acquire(self) -> StudyLock:
+        if self.url.startswith("sqlite:///"):
+            self._flock()
+        elif self.url.startswith("postgresql"):
+            self._advisory()
+        return self
+
+    def _flock(self) -> None:
+        db = Path(self.url.removeprefix("sqlite:///"))
+        safe = hashlib.sha256(self.study.encode()).hexdigest()[:16]
+        path = db.with_name(f"{db.name}.{safe}.lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise ConfigError(
+                f"study {self.study!r} is being run by another invocation ({holder}); "
+                "wait for it to finish, or name another study with --study"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        self._fd = fd
+
+    def _advisory(self) -> None:
+        import sqlalchemy
+
+        key = int.from_bytes(hashlib.sha256(f"flairseg:{self.study}".encode()).digest()[:8], "big", signed=True)
+        engine = sqlalchemy.create_engine(self.url)
+        conn = engine.connect()
+        got = conn.execute(sqlalchemy.text("select pg_try_advisory_lock(:k)"), {"k": key}).scalar()
+        if not got:
+            conn.close()
+            raise ConfigError(
+                f"study {self.study!r} is being run by another invocation; wait for it to "
+                "finish, or name another study with --study"
+            )
+        self._conn = conn
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def load_study(storage, name: str, direction: str, search_name: str):
+    """Open (or create) the Optuna study `name`; a study of another search or direction fails."""
+    import optuna
+
+    study = optuna.create_study(
+        storage=storage,
+        study_name=name,
+        direction="maximize" if direction == "max" else "minimize",
+        load_if_exists=True,
+    )
+    want = "maximize" if direction == "max" else "minimize"
+    if study.direction.name.lower() != want:
+        raise ConfigError(
+            f"--study {name}: it was made to {study.direction.name.lower()} its objective, this "
+            f"search wants to {want}; name another study"
+        )
+    owner = study.user_attrs.get("search")
+    if owner is None:
+        study.set_user_attr("search", search_name)
+    elif owner != search_name:
+        raise ConfigError(
+            f"--study {name}: it belongs to search {owner!r}, not {search_name!r}; "
+            "name another study with --study"
+        )
+    return study
+
+
+def invocations(study) -> list[Invocation]:
+    return [Invocation(**i) for i in study.user_attrs.get(LEDGER_KEY, [])]
+
+
+def save(study, records: list[Invocation]) -> None:
+    study.set_user_attr(LEDGER_KEY, [r.to_dict() for r in records])
+
+
+def start(study, record: Invocation) -> None:
+    records = invocations(study)
+    records.append(record)
+    save(study, records)
+
+
+def mark(study, number: int, state: str) -> None:
+    records = invocations(study)
+    for r in records:
+        if r.number == number:
+            r.state = state
+    save(study, records)
+
+
+def unfinished(study) -> Invocation | None:
+    """The last invocation, if it never finished (its driver is gone: we hold the lock)."""
+    records = invocations(study)
+    if records and records[-1].state in ("running", "interrupted"):
+        return records[-1]
+    return None
+
+
+def close_out_trials(study) -> int:
+    """Record every RUNNING Optuna trial of the study as failed (killed); returns how many."""
+    import optuna
+
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study._storage.set_trial_user_attr(t._trial_id, "status", "killed")
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        n += 1
+    return n
+
+
+def now() -> float:
+    return time.time()

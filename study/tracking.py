@@ -1,0 +1,166 @@
+"""MLflow: one parent run per invocation, one nested child run per trial, logged from the driver.
+
+Everything goes through an `MlflowClient` on the driver, so trials need no access to
+the tracking server (a cluster whose workers cannot reach it still logs). A child is
+found again by its study and Optuna trial number, so a resumed trial keeps logging
+into its own run: no duplicate runs, and no run is left RUNNING once a study ends,
+is interrupted, or is closed out.
+
+Tags on every run: `study`, `search`, `role` (study | trial), `data_fingerprint`.
+On a child also `optuna_trial`, `ray_trial_id`, `model`, `loss`, `status`
+(running, completed, stopped at epoch k, failed, killed), `stopped_at_epoch`,
+`epochs`, `checkpoint` (where its last checkpoint lives).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from flairseg.config import TrainConfig
+from flairseg.errors import ConfigError
+from flairseg.models import model_defaults
+
+METRIC_KEYS = (
+    "train_loss",
+    "val_loss",
+    "val_pixel_accuracy",
+    "val_mean_accuracy",
+    "val_iou",
+    "val_dice",
+    "val_volume_dice",
+)
+
+
+def default_uri() -> str:
+    """MLFLOW_TRACKING_URI if set, else the SQLite store a bare `mlflow ui` here shows."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+@contextlib.contextmanager
+def _quick_failures() -> Iterator[None]:
+    """Fail fast on an unreachable server instead of MLflow's minutes of retries."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "10"
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def open_experiment(uri: str, name: str) -> str:
+    """The id of experiment `name` (created if missing); an unreachable store exits 2."""
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if not folder.is_dir():
+            raise ConfigError(f"--mlflow-uri {uri}: folder {folder} does not exist")
+    try:
+        with _quick_failures():
+            c = client(uri)
+            exp = c.get_experiment_by_name(name)
+            if exp is None:
+                try:
+                    return c.create_experiment(name)
+                except Exception:  # created by a concurrent invocation in between
+                    exp = c.get_experiment_by_name(name)
+                    if exp is None:
+                        raise
+            if exp.lifecycle_stage == "deleted":
+                raise ConfigError(
+                    f"--experiment {name}: the experiment is deleted in {uri}; restore it "
+                    "(`mlflow experiments restore`) or name another"
+                )
+            return exp.experiment_id
+    except ConfigError:
+        raise
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"--mlflow-uri {uri}: cannot reach the tracking store ({first[:200]})") from None
+
+
+def trial_params(config: TrainConfig) -> dict[str, Any]:
+    """Flat params with every knob of the trial's model resolved (presets spelt out)."""
+    values = config.to_dict()
+    knobs = model_defaults(config.model)
+    out = {k: v for k, v in values.items() if k not in ("depth", "width", "norm", "num_cuts", "dim", "heads", "mlp_dim")}
+    for key, preset in knobs.items():
+        out[key] = values[key] if values[key] is not None else preset
+    return out
+
+
+def run_name(number: int, config: TrainConfig, sampled: dict[str, Any]) -> str:
+    """`#3 unet combo alpha=0.62 lr=1.2e-03`: model, loss and the sampled values."""
+    parts = [f"#{number}", config.model, config.loss]
+    for key, value in sampled.items():
+        short = key.split(".")[-1]
+        if short in ("model", "loss", "run"):
+            if short == "run":
+                parts.append(str(value))
+            continue
+        if isinstance(value, float):
+            text = f"{value:.2e}" if short == "lr" else f"{value:.3g}"
+        else:
+            text = str(value)
+        parts.append(f"{short}={text}")
+    return " ".join(parts)
+
+
+def study_runs(c, experiment_id: str, study: str, role: str | None = None, status: str | None = None) -> list:
+    """All runs of `study` in the experiment (paged), optionally of one role and status."""
+    query = f"tags.study = '{study}'"
+    if role:
+        query += f" and tags.role = '{role}'"
+    if status:
+        query += f" and attributes.status = '{status}'"
+    runs, token = [], None
+    while True:
+        page = c.search_runs([experiment_id], query, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def close_out(uri: str, experiment_id: str, study: str, reason: str = "killed") -> int:
+    """Mark every RUNNING run of `study` KILLED (tag status=killed); returns how many."""
+    c = client(uri)
+    n = 0
+    for run in study_runs(c, experiment_id, study, status="RUNNING"):
+        if run.data.tags.get("role") == "trial":
+            c.set_tag(run.info.run_id, "status", reason)
+        c.set_terminated(run.info.run_id, status="KILLED")
+        n += 1
+    return n
+
+
+def log_json(c, run_id: str, payload: Any, name: str) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder, name)
+        path.write_text(json.dumps(payload, indent=2) + "\n")
+        c.log_artifact(run_id, str(path))
+
+
+def log_metrics(c, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+    for start in range(0, len(batch), 900):
+        c.log_batch(run_id, metrics=batch[start : start + 900])

@@ -1,0 +1,57 @@
+"""What a Ray Tune trial runs: one `flairseg.engine.train` call and one epoch callback.
+
+The seam is narrow on purpose. The trial gets its full TrainConfig in
+`config["flairseg"]` and the preprocessed data set through Ray's object store
+(`tune.with_parameters`), so it reads no TIFF and needs no shared disk. Each epoch it
+reports the DESIGN.md metrics with a checkpoint (the training state plus the
+evolution of a few fixed val slices), which is how ASHA sees the epoch counter and
+how an interrupted study resumes the trial where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+
+from flairseg.config import TrainConfig
+from flairseg.dataset import Dataset
+from flairseg.engine import EpochReport, load_checkpoint, train
+from flairseg.evolution import Evolution, pick_slices
+
+STATE_FILE = "state.pt"
+EVOLUTION_FILE = "evolution.npz"
+EVOLUTION_SLICES = 4
+
+
+def run_trial(config: dict[str, Any], data: Dataset, threads: int = 1) -> None:
+    """The Tune function trainable (kept in the installed package so workers can import it)."""
+    torch.set_num_threads(max(1, int(threads)))
+    train_config = TrainConfig.from_dict(config["flairseg"])
+    index = pick_slices(data.val, EVOLUTION_SLICES)
+    evolution = Evolution.of(data.val, index)
+    evolution_inputs, _ = data.val.batch(torch.tensor(index))
+    resume = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resume = load_checkpoint(Path(folder) / STATE_FILE)
+            saved = Path(folder) / EVOLUTION_FILE
+            if saved.exists():
+                evolution = Evolution.load(saved)
+
+    def on_epoch(report: EpochReport) -> None:
+        evolution.add(report.epoch, report.predict(evolution_inputs))
+        with tempfile.TemporaryDirectory(prefix="flairseg-ckpt-") as folder:
+            report.save_checkpoint(os.path.join(folder, STATE_FILE))
+            evolution.save(os.path.join(folder, EVOLUTION_FILE))
+            tune.report(
+                {**report.metrics, "planned_epochs": train_config.epochs},
+                checkpoint=tune.Checkpoint.from_directory(folder),
+            )
+
+    train(train_config, data, on_epoch=on_epoch, resume=resume)
