@@ -89,9 +89,7 @@ class StudyCallback(Callback):
             self.client.update_run(run_id, status="RUNNING")
             self.client.set_tag(run_id, "status", "running")
             return
-        sampled = {
-            k: v for k, v in trial.config.items() if k not in ("flairseg", "optuna_trial")
-        }
+        sampled = {k: v for k, v in trial.config.items() if k not in ("flairseg", "optuna_trial")}
         tags = {
             "mlflow.parentRunId": self.parent_id,
             "study": self.study,
@@ -116,7 +114,9 @@ class StudyCallback(Callback):
         self._runs[number] = run.info.run_id
         self._last_step[run.info.run_id] = 0
 
-    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list, trial, result: dict, **info: Any
+    ) -> None:
         run_id = self._run_of(trial)
         epoch = int(result.get("epoch", 0))
         if run_id is None or epoch <= self._last_step.get(run_id, 0):
@@ -135,7 +135,10 @@ class StudyCallback(Callback):
         if epoch >= planned:
             status, text = "completed", f"completed {epoch} epochs"
         else:
-            status, text = f"stopped at epoch {epoch}", f"stopped by ASHA at epoch {epoch}/{planned}"
+            status, text = (
+                f"stopped at epoch {epoch}",
+                f"stopped by ASHA at epoch {epoch}/{planned}",
+            )
         value = result.get(self.metric)
         self._finish(trial, status, "FINISHED", epoch)
         self._done[int(trial.config["optuna_trial"])] = (status, value)
@@ -182,7 +185,9 @@ class StudyCallback(Callback):
             try:
                 self._log_evolution(run_id, checkpoint)
             except Exception as err:  # a picture must not lose the run's status
-                say(f"warning: trial {trial.config['optuna_trial']}: evolution images not logged ({err})")
+                say(
+                    f"warning: trial {trial.config['optuna_trial']}: evolution images not logged ({err})"
+                )
         for key, value in tags.items():
             self.client.set_tag(run_id, key, value)
         self.client.set_terminated(run_id, status=run_status)
@@ -234,4 +239,3 @@ def _error_line(trial) -> str:
     for prefix in ("flairseg.engine.", "flairseg.errors.", "builtins."):
         last = last.replace(prefix, "")
     return last
-

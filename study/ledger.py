@@ -58,7 +58,8 @@ def open_storage(url: str):
 
     try:
         return optuna.storages.RDBStorage(
-            storage_url(url), engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None
+            storage_url(url),
+            engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
         )
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -102,7 +103,9 @@ class StudyLock:
     def _advisory(self) -> None:
         import sqlalchemy
 
-        key = int.from_bytes(hashlib.sha256(f"flairseg:{self.study}".encode()).digest()[:8], "big", signed=True)
+        key = int.from_bytes(
+            hashlib.sha256(f"flairseg:{self.study}".encode()).digest()[:8], "big", signed=True
+        )
         engine = sqlalchemy.create_engine(self.url)
         conn = engine.connect()
         got = conn.execute(sqlalchemy.text("select pg_try_advisory_lock(:k)"), {"k": key}).scalar()

@@ -20,8 +20,8 @@ images, fewer trials and epochs) so the bare command finishes in minutes on a CP
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
-import math
 import os
 import shlex
 import socket
@@ -38,7 +38,8 @@ from flairseg.engine import evaluate, load_checkpoint, model_from_checkpoint
 from flairseg.errors import ArgumentParser, ConfigError, run_cli
 from flairseg.losses import build_loss
 from flairseg.train import default_data, write_json
-from study import ledger, search as searches, tracking
+from study import ledger, tracking
+from study import search as searches
 
 DEFAULT_STORAGE = "studies"
 EXIT_NO_TRIAL_SUCCEEDED = 1
@@ -77,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="Optuna database URL (default: sqlite:///STORAGE/optuna.db)",
     )
     p.add_argument("--study", help="study name (default: the search's name)")
-    p.add_argument("--resume", action="store_true", help="finish the study's interrupted invocation")
+    p.add_argument(
+        "--resume", action="store_true", help="finish the study's interrupted invocation"
+    )
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
     p.add_argument("--json", metavar="FILE", help="write the summary here")
     p.add_argument(
@@ -86,9 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="auto: laptop without GPU or --address, else full",
     )
-    p.add_argument(
-        "--status-every", type=float, default=30.0, help="seconds between status lines"
-    )
+    p.add_argument("--status-every", type=float, default=30.0, help="seconds between status lines")
     return p
 
 
@@ -113,6 +114,13 @@ def list_searches() -> None:
             print(f"  fixed: {fixed}")
         for line in s.describe_space():
             print(f"  {line}")
+        lap = searches.load(name, "laptop")
+        if lap.raw != s.raw:
+            print(
+                f"  laptop profile (no GPU, no --address): {lap.trials} trials, "
+                f"{lap.fixed.get('image_size', 128)} px, up to {lap.asha.max_epochs} epochs"
+                + (f", epoch scale {lap.epoch_scale:g}" if lap.epoch_scale != 1 else "")
+            )
 
 
 def probe_address(address: str | None) -> None:
@@ -126,7 +134,9 @@ def probe_address(address: str | None) -> None:
         with socket.create_connection((host, int(port)), timeout=5):
             pass
     except OSError as err:
-        raise ConfigError(f"--address {address}: no Ray head answers there ({err.strerror or err})") from None
+        raise ConfigError(
+            f"--address {address}: no Ray head answers there ({err.strerror or err})"
+        ) from None
 
 
 def resolve_profile(profile: str, address: str | None) -> str:
@@ -147,7 +157,9 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
         "image_size": "image_size",
         "epoch_scale": "epoch_scale",
     }
-    return {key: getattr(args, flag) for flag, key in names.items() if getattr(args, flag) is not None}
+    return {
+        key: getattr(args, flag) for flag, key in names.items() if getattr(args, flag) is not None
+    }
 
 
 def load_data(data: str | None, search: searches.Search) -> tuple[Path, Dataset]:
@@ -162,10 +174,18 @@ def load_data(data: str | None, search: searches.Search) -> tuple[Path, Dataset]
 # --------------------------------------------------------------------------- Ray
 
 
+def quiet() -> None:
+    """Our lines instead of Ray's boxes and tables, MLflow's and Optuna's INFO chatter."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    for name in ("ray", "mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING if name != "ray" else logging.ERROR)
+
+
 def start_ray(address: str | None) -> None:
     import ray
 
-    logging.getLogger("ray").setLevel(logging.ERROR)
     kwargs: dict[str, Any] = {
         "include_dashboard": False,
         "log_to_driver": False,
@@ -177,7 +197,9 @@ def start_ray(address: str | None) -> None:
         ray.init(**kwargs)
     except Exception as err:  # ConnectionError and friends, worded by Ray
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"--address {address}: cannot join the Ray cluster ({first[:200]})") from None
+        raise ConfigError(
+            f"--address {address}: cannot join the Ray cluster ({first[:200]})"
+        ) from None
 
 
 def gpus_per_trial(search: searches.Search) -> float:
@@ -249,6 +271,7 @@ def make_tuner(
             num_samples=trials,
             max_concurrent_trials=search.concurrency,
             reuse_actors=True,
+            trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
             name=name,
@@ -260,6 +283,11 @@ def make_tuner(
         ),
     )
     return tuner, gpus
+
+
+def trial_dirname(trial) -> str:
+    """`trial-0003-<ray id>` instead of Ray's name built from every config value."""
+    return f"trial-{int(trial.config['optuna_trial']):04d}-{trial.trial_id}"
 
 
 def results_root(storage: str) -> str:
@@ -357,7 +385,9 @@ def print_summary(summary: dict[str, Any], seconds: float, uri: str, experiment:
     t = summary["trials"]
     total = sum(t.values())
     stops = ", ".join(f"{n} at epoch {e}" for e, n in summary["stopped_at_epoch"].items())
-    print(f"\nstudy {summary['study']} ({summary['search']}): {total} trials in {seconds / 60:.1f} min")
+    print(
+        f"\nstudy {summary['study']} ({summary['search']}): {total} trials in {seconds / 60:.1f} min"
+    )
     print(
         f"  completed {t.get('completed', 0)}, stopped by ASHA {t.get('stopped', 0)}"
         + (f" ({stops})" if stops else "")
@@ -396,6 +426,7 @@ def print_summary(summary: dict[str, Any], seconds: float, uri: str, experiment:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet()
     if args.list:
         list_searches()
         return 0
@@ -424,15 +455,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     profile = resolve_profile(args.profile, args.address)
     search = searches.load(args.search, profile, overrides_from(args))
     study_name = args.study or search.name
+    # check everything a user can get wrong before anything is written
+    loaded = None if args.resume else load_data(args.data, search)
+    uri = args.mlflow_uri or tracking.default_uri()
+    experiment = args.experiment or search.name
+    experiment_id = tracking.open_experiment(uri, experiment)
     storage = ledger.open_storage(optuna_url)
     lock = ledger.StudyLock(optuna_url, study_name).acquire()
     try:
-        return _run(args, search, profile, study_name, storage, storage_root, optuna_url)
+        return _run(
+            args, search, profile, study_name, storage, storage_root, optuna_url,
+            loaded, uri, experiment, experiment_id,
+        )  # fmt: skip
     finally:
         lock.release()
 
 
-def _run(args, search, profile, study_name, storage, storage_root, optuna_url) -> int:
+def _run(
+    args, search, profile, study_name, storage, storage_root, optuna_url,
+    loaded, uri, experiment, experiment_id,
+) -> int:  # fmt: skip
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -442,7 +484,11 @@ def _run(args, search, profile, study_name, storage, storage_root, optuna_url) -
     if resume:
         if pending is None:
             records = ledger.invocations(study)
-            last = f"invocation #{records[-1].number} finished" if records else "it has no invocation yet"
+            last = (
+                f"invocation #{records[-1].number} finished"
+                if records
+                else "it has no invocation yet"
+            )
             print(f"study {study_name}: nothing to resume ({last})")
             return 0
         raw = dict(pending.search)
@@ -454,7 +500,7 @@ def _run(args, search, profile, study_name, storage, storage_root, optuna_url) -
     else:
         data_arg = args.data
 
-    data_dir, data = load_data(data_arg, search)
+    data_dir, data = loaded or load_data(data_arg, search)
     data_key = f"{data.fingerprint}:{data.image_size}px:{data.channels}ch:{data.split.to_dict()}"
     owner = study.user_attrs.get("data_key")
     if owner is None:
@@ -465,10 +511,8 @@ def _run(args, search, profile, study_name, storage, storage_root, optuna_url) -
             f"--study {study_name}: it was run on other data, image size or split "
             f"({study.user_attrs.get('data_fingerprint', '?')[:12]}...); name another study"
         )
-    uri = args.mlflow_uri or tracking.default_uri()
-    experiment = args.experiment or search.name
-    experiment_id = tracking.open_experiment(uri, experiment)
     c = tracking.client(uri)
+    start_ray(args.address)
 
     if pending is not None and not resume:
         killed_trials = ledger.close_out_trials(study)
@@ -504,7 +548,9 @@ def _run(args, search, profile, study_name, storage, storage_root, optuna_url) -
             left = [p for p in points if p["run"] not in done]
             trials = min(args.trials or len(left), len(left))
             if trials == 0:
-                print(f"study {study_name}: every grid run of {search.name} has run; nothing to add")
+                print(
+                    f"study {study_name}: every grid run of {search.name} has run; nothing to add"
+                )
                 return 0
         for point in points:
             study.enqueue_trial(point, skip_if_exists=True)
@@ -542,7 +588,9 @@ def _run(args, search, profile, study_name, storage, storage_root, optuna_url) -
                     "objective": f"{search.metric} ({search.mode})",
                     "max_epochs": search.asha.max_epochs,
                     "grace_period": search.asha.grace_period if search.asha.enabled else "off",
-                    "reduction_factor": search.asha.reduction_factor if search.asha.enabled else "off",
+                    "reduction_factor": search.asha.reduction_factor
+                    if search.asha.enabled
+                    else "off",
                     "concurrency": search.concurrency,
                     "cpus_per_trial": search.cpus,
                     "sampler_seed": args.seed,
@@ -569,7 +617,6 @@ def _run(args, search, profile, study_name, storage, storage_root, optuna_url) -
         )
         ledger.start(study, record)
 
-    start_ray(args.address)
     callback_args = dict(
         uri=uri,
         experiment_id=experiment_id,
@@ -590,16 +637,33 @@ def _run(args, search, profile, study_name, storage, storage_root, optuna_url) -
     tuner, gpus = make_tuner(
         search, data, study_name, storage, record.path, callback, trials, sampler_seed, resume
     )
-    _banner(search, data_dir, data, trials, gpus, profile, uri, experiment, record, study_name, resume, optuna_url)
+    _banner(
+        search,
+        data_dir,
+        data,
+        trials,
+        gpus,
+        profile,
+        uri,
+        experiment,
+        record,
+        study_name,
+        resume,
+        optuna_url,
+    )
     started = time.monotonic()
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
-    interrupted = False
-    try:
-        grid = tuner.fit()
-        interrupted = any(r.metrics is None and r.error is None for r in grid) or len(grid) < trials
-    except KeyboardInterrupt:
-        interrupted = True
+    with contextlib.suppress(KeyboardInterrupt):
+        tuner.fit()  # Ray catches Ctrl+C itself: it saves its state and returns early
     seconds = time.monotonic() - started
+    # MLflow is the record: the invocation is done when each planned trial has ended
+    ended = [
+        r
+        for r in tracking.study_runs(c, experiment_id, study_name, role="trial")
+        if r.data.tags.get("mlflow.parentRunId") == parent_id
+        and r.info.status in ("FINISHED", "FAILED")
+    ]
+    interrupted = len(ended) < trials
     if interrupted:
         n = tracking.close_out(uri, experiment_id, study_name, reason="interrupted")
         ledger.mark(study, record.number, "interrupted")
@@ -622,16 +686,30 @@ def _run(args, search, profile, study_name, storage, storage_root, optuna_url) -
     line = print_summary(summary, seconds, uri, experiment)
     if args.json:
         write_json(args.json, summary)
-    ok = "best_config" in summary and sum(
-        v for k, v in summary["trials"].items() if k in ("completed", "stopped")
-    ) > 0
+    ok = (
+        "best_config" in summary
+        and sum(v for k, v in summary["trials"].items() if k in ("completed", "stopped")) > 0
+    )
     c.set_terminated(parent_id, status="FINISHED" if ok else "FAILED")
     ledger.mark(study, record.number, "done")
     print(line)
     return 0 if ok else EXIT_NO_TRIAL_SUCCEEDED
 
 
-def _banner(search, data_dir, data, trials, gpus, profile, uri, experiment, record, study_name, resume, optuna_url) -> None:
+def _banner(
+    search,
+    data_dir,
+    data,
+    trials,
+    gpus,
+    profile,
+    uri,
+    experiment,
+    record,
+    study_name,
+    resume,
+    optuna_url,
+) -> None:
     what = "resuming" if resume else "running"
     budget = (
         f"ASHA: up to {search.asha.max_epochs} epochs, grace {search.asha.grace_period}, "
@@ -641,7 +719,11 @@ def _banner(search, data_dir, data, trials, gpus, profile, uri, experiment, reco
     )
     print(
         f"{what} study {study_name} (search {search.name}, profile {profile}"
-        + (", the laptop-sized settings of the search file; --profile full for the research ones" if profile == "laptop" else "")
+        + (
+            ", the laptop-sized settings of the search file; --profile full for the research ones"
+            if profile == "laptop"
+            else ""
+        )
         + f"), invocation #{record.number}: {trials} trials\n"
         f"  data: {data_dir} ({len(data.split.train)}/{len(data.split.val)}/{len(data.split.test)} patients "
         f"train/val/test, {data.image_size} px)\n"

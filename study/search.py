@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from flairseg.config import TrainConfig, field_types
+from flairseg.config import MODEL_KEYS, TrainConfig, field_types
 from flairseg.errors import ConfigError
 from flairseg.models import MODELS, model_params
 
@@ -58,7 +58,7 @@ TOP_KEYS = {
     "sampler",
     "laptop",
 }
-LAPTOP_KEYS = TOP_KEYS - {"description", "objective", "space", "points", "grid", "laptop"}
+LAPTOP_KEYS = TOP_KEYS - {"description", "objective", "grid", "laptop"}
 KINDS = ("uniform", "loguniform", "int", "choice")
 OBJECTIVES = (
     "val_iou",
@@ -172,6 +172,7 @@ class Search:
 
     def config_for(self, values: Mapping[str, Any]) -> TrainConfig:
         """The full TrainConfig of a trial from its sampled (or grid) values."""
+        values = {k: v for k, v in values.items() if k != "name"}  # a grid entry's label
         merged = dict(self.fixed)
         model = self._model(values)
         merged.update(self.fixed_per_model.get(model, {}))
@@ -210,9 +211,7 @@ class Search:
         if self.grid:
             return [
                 "grid: "
-                + ", ".join(
-                    f"{g['name']} ({self.config_for(g).epochs} epochs)" for g in self.grid
-                )
+                + ", ".join(f"{g['name']} ({self.config_for(g).epochs} epochs)" for g in self.grid)
             ]
         return [d.describe() for d in self.dims]
 
@@ -416,21 +415,16 @@ def _check_setting(key: str, where: str, model: str | None = None, shared: bool 
             f"{key!r} fixes the data set and split that every trial shares: set it in `fixed`",
         )
     if key not in _config_keys():
+        raise _fail(where, f"unknown setting {key!r}; known: {', '.join(sorted(_config_keys()))}")
+    if model is not None and key in MODEL_KEYS and key not in model_params(model):
         raise _fail(
-            where, f"unknown setting {key!r}; known: {', '.join(sorted(_config_keys()))}"
+            where,
+            f"{key!r} does not apply to model {model!r} (its knobs: "
+            f"{', '.join(model_params(model))})",
         )
-    if model is not None and key in ("depth", "width", "norm", "num_cuts", "dim", "heads", "mlp_dim"):
-        if key not in model_params(model):
-            raise _fail(
-                where,
-                f"{key!r} does not apply to model {model!r} (its knobs: "
-                f"{', '.join(model_params(model))})",
-            )
 
 
-def _parse_fixed(
-    fixed: Any, where: str
-) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+def _parse_fixed(fixed: Any, where: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     if not isinstance(fixed, dict):
         raise _fail(where, "fixed: must be a mapping of settings")
     top: dict[str, Any] = {}

@@ -46,7 +46,10 @@ def default_uri() -> str:
 @contextlib.contextmanager
 def _quick_failures() -> Iterator[None]:
     """Fail fast on an unreachable server instead of MLflow's minutes of retries."""
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    saved = {
+        k: os.environ.get(k)
+        for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+    }
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "10"
     try:
@@ -92,14 +95,20 @@ def open_experiment(uri: str, name: str) -> str:
         raise
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"--mlflow-uri {uri}: cannot reach the tracking store ({first[:200]})") from None
+        raise ConfigError(
+            f"--mlflow-uri {uri}: cannot reach the tracking store ({first[:200]})"
+        ) from None
 
 
 def trial_params(config: TrainConfig) -> dict[str, Any]:
     """Flat params with every knob of the trial's model resolved (presets spelt out)."""
     values = config.to_dict()
     knobs = model_defaults(config.model)
-    out = {k: v for k, v in values.items() if k not in ("depth", "width", "norm", "num_cuts", "dim", "heads", "mlp_dim")}
+    out = {
+        k: v
+        for k, v in values.items()
+        if k not in ("depth", "width", "norm", "num_cuts", "dim", "heads", "mlp_dim")
+    }
     for key, preset in knobs.items():
         out[key] = values[key] if values[key] is not None else preset
     return out
@@ -122,7 +131,9 @@ def run_name(number: int, config: TrainConfig, sampled: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def study_runs(c, experiment_id: str, study: str, role: str | None = None, status: str | None = None) -> list:
+def study_runs(
+    c, experiment_id: str, study: str, role: str | None = None, status: str | None = None
+) -> list:
     """All runs of `study` in the experiment (paged), optionally of one role and status."""
     query = f"tags.study = '{study}'"
     if role:
