@@ -8,6 +8,7 @@ pickle: a restored copy reconnects and finds its runs again in MLflow.
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 import time
@@ -22,6 +23,8 @@ from study import tracking
 from study.trainable import EVOLUTION_FILE
 
 STATUS_EVERY_S = 30.0
+CONFIG_KEYS = ("flairseg", "optuna_trial", "resume_from")  # what a trial config holds besides
+# the sampled values
 
 
 def say(line: str) -> None:
@@ -89,7 +92,7 @@ class StudyCallback(Callback):
             self.client.update_run(run_id, status="RUNNING")
             self.client.set_tag(run_id, "status", "running")
             return
-        sampled = {k: v for k, v in trial.config.items() if k not in ("flairseg", "optuna_trial")}
+        sampled = {k: v for k, v in trial.config.items() if k not in CONFIG_KEYS}
         tags = {
             "mlflow.parentRunId": self.parent_id,
             "study": self.study,
@@ -118,12 +121,20 @@ class StudyCallback(Callback):
         self, iteration: int, trials: list, trial, result: dict, **info: Any
     ) -> None:
         run_id = self._run_of(trial)
-        epoch = int(result.get("epoch", 0))
-        if run_id is None or epoch <= self._last_step.get(run_id, 0):
-            return  # a step already logged before an interruption
-        metrics = {k: result[k] for k in tracking.METRIC_KEYS if k in result}
+        if run_id is None:
+            return
+        for earlier in json.loads(result.get("resumed_history") or "[]"):
+            self._log_epoch(run_id, earlier)  # epochs whose logging a killed driver missed
+        metrics = dict(result)
         if "time_this_iter_s" in result:
             metrics["epoch_seconds"] = result["time_this_iter_s"]
+        self._log_epoch(run_id, metrics)
+
+    def _log_epoch(self, run_id: str, result: dict) -> None:
+        epoch = int(result.get("epoch", 0))
+        if epoch <= self._last_step.get(run_id, 0):
+            return  # a step already logged before an interruption
+        metrics = {k: result[k] for k in (*tracking.METRIC_KEYS, "epoch_seconds") if k in result}
         tracking.log_metrics(self.client, run_id, metrics, step=epoch)
         self.client.set_tag(run_id, "epochs_logged", str(epoch))
         self._last_step[run_id] = epoch
@@ -169,7 +180,7 @@ class StudyCallback(Callback):
     def _label(self, trial) -> str:
         number = int(trial.config["optuna_trial"])
         config = TrainConfig.from_dict(trial.config["flairseg"])
-        sampled = {k: v for k, v in trial.config.items() if k not in ("flairseg", "optuna_trial")}
+        sampled = {k: v for k, v in trial.config.items() if k not in CONFIG_KEYS}
         return tracking.run_name(number, config, sampled)
 
     def _finish(self, trial, status: str, run_status: str, epoch: int) -> None:

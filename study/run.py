@@ -224,8 +224,8 @@ def make_tuner(
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
+    from study.searcher import StudySearch
     from study.trainable import run_trial
 
     gpus = gpus_per_trial(search)
@@ -243,7 +243,8 @@ def make_tuner(
         multivariate=conditional,
         group=conditional,
     )
-    searcher = OptunaSearch(
+    searcher = StudySearch(
+        experiment_path=path,
         space=search,
         metric=search.metric,
         mode=search.mode,
@@ -677,6 +678,10 @@ def _run(
         )
         return EXIT_INTERRUPTED
 
+    # nothing of this study may stay RUNNING once its driver is done (we hold the lock)
+    strays = ledger.close_out_trials(study) + tracking.close_out(uri, experiment_id, study_name)
+    if strays:
+        print(f"warning: {strays} trials or runs left RUNNING were recorded as killed")
     summary = summarise(uri, experiment_id, parent_id, study, study_name, data, search)
     summary["seconds"] = round(seconds, 1)
     summary["invocation"] = record.number

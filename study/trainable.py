@@ -10,6 +10,7 @@ how an interrupted study resumes the trial where it stopped.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -37,6 +38,9 @@ def run_trial(config: dict[str, Any], data: Dataset, threads: int = 1) -> None:
     evolution_inputs, _ = data.val.batch(torch.tensor(index))
     resume = None
     checkpoint = tune.get_checkpoint()
+    if checkpoint is None and config.get("resume_from"):
+        # an orphan of a killed driver, adopted on --resume (see study.searcher)
+        checkpoint = tune.Checkpoint(config["resume_from"])
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             resume = load_checkpoint(Path(folder) / STATE_FILE)
@@ -44,14 +48,19 @@ def run_trial(config: dict[str, Any], data: Dataset, threads: int = 1) -> None:
             if saved.exists():
                 evolution = Evolution.load(saved)
 
+    # after a resume, the first report carries the epochs before it: a driver killed
+    # between a checkpoint and its MLflow write logs them from here (see callbacks)
+    backfill = {"resumed_history": json.dumps(resume["history"])} if resume else {}
+
     def on_epoch(report: EpochReport) -> None:
         evolution.add(report.epoch, report.predict(evolution_inputs))
         with tempfile.TemporaryDirectory(prefix="flairseg-ckpt-") as folder:
             report.save_checkpoint(os.path.join(folder, STATE_FILE))
             evolution.save(os.path.join(folder, EVOLUTION_FILE))
             tune.report(
-                {**report.metrics, "planned_epochs": train_config.epochs},
+                {**report.metrics, "planned_epochs": train_config.epochs, **backfill},
                 checkpoint=tune.Checkpoint.from_directory(folder),
             )
+        backfill.clear()
 
     train(train_config, data, on_epoch=on_epoch, resume=resume)

@@ -1,0 +1,111 @@
+"""Running `python -m study.run` as a user would, against a temporary MLflow and Optuna store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class StudyEnv:
+    root: Path
+    data: Path
+
+    @property
+    def mlflow_uri(self) -> str:
+        return f"sqlite:///{self.root / 'mlflow.db'}"
+
+    @property
+    def optuna_url(self) -> str:
+        return f"sqlite:///{self.root / 'studies' / 'optuna.db'}"
+
+    def argv(self, *args: str) -> list[str]:
+        base = [
+            sys.executable,
+            "-m",
+            "study.run",
+            "--storage",
+            str(self.root / "studies"),
+            "--mlflow-uri",
+            self.mlflow_uri,
+            "--status-every",
+            "5",
+        ]
+        if "--data" not in args and "--resume" not in args:
+            base += ["--data", str(self.data)]
+        return base + list(args)
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "PYTHONWARNINGS": "ignore", "RAY_AUTH_MODE": "disabled"}
+
+    def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            self.argv(*args),
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env(),
+        )
+
+    def start(self, *args: str, log: str = "driver.log") -> tuple[subprocess.Popen, Path]:
+        path = self.root / log
+        handle = path.open("w")
+        proc = subprocess.Popen(
+            self.argv(*args),
+            cwd=self.root,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=self.env(),
+        )
+        handle.close()
+        return proc, path
+
+    # -- reading the stores back ------------------------------------------------------
+
+    def runs(self, experiment: str) -> list:
+        from mlflow.tracking import MlflowClient
+
+        c = MlflowClient(self.mlflow_uri)
+        exp = c.get_experiment_by_name(experiment)
+        assert exp is not None, f"no MLflow experiment {experiment}"
+        return c.search_runs([exp.experiment_id], max_results=1000)
+
+    def client(self):
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(self.mlflow_uri)
+
+    def study(self, name: str):
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        return optuna.load_study(study_name=name, storage=self.optuna_url)
+
+
+def wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 240) -> None:
+    """Wait until the driver's log holds `text` (fail if it exits first)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in path.read_text():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"driver exited ({proc.returncode}) before {text!r}:\n{path.read_text()}"
+            )
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    raise AssertionError(f"timed out waiting for {text!r}:\n{path.read_text()}")
+
+
+def write_search(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path

@@ -1,0 +1,286 @@
+"""Real studies through `python -m study.run`: Ray Tune, Optuna, ASHA and a SQLite MLflow store.
+
+Tiny on purpose: 32 px slices, 8-wide U-Nets, one or two epochs, so the whole module
+runs in a few minutes on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from study_helpers import StudyEnv, wait_for, write_search
+
+from study import search as searches
+
+pytestmark = pytest.mark.slow
+
+TINY = ("--image-size", "32", "--concurrency", "2")
+
+
+def children_of(runs: list, parent) -> list:
+    return [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+
+
+def parents(runs: list) -> list:
+    return [r for r in runs if r.data.tags.get("role") == "study"]
+
+
+def assert_nothing_running(runs: list) -> None:
+    assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []
+
+
+@pytest.mark.parametrize("name", searches.available())
+def test_every_search_runs_and_lands_in_mlflow(
+    tmp_path: Path, phantom_dir: Path, name: str
+) -> None:
+    env = StudyEnv(tmp_path, phantom_dir)
+    out = tmp_path / "summary.json"
+    epochs = "2" if name != "seed" else "1"
+    result = env.run(
+        "--search", name, *TINY, "--trials", "2", "--max-epochs", epochs, "--json", str(out)
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    summary = json.loads(out.read_text())
+    assert sum(summary["trials"].values()) == 2
+    for key in ("epochs_spent", "epochs_without_stopping", "best_config"):
+        assert key in summary
+    for part in ("val", "test"):
+        for metric in ("iou", "dice", "pixel_accuracy", "mean_accuracy", "volume_dice"):
+            assert 0.0 <= summary[f"{part}_{metric}"] <= 1.0
+
+    runs = env.runs(name)
+    (parent,) = parents(runs)
+    kids = children_of(runs, parent)
+    assert len(kids) == 2
+    assert_nothing_running(runs)
+    assert parent.data.tags["search"] == name and parent.data.tags["study"] == name
+    assert "test_iou" in parent.data.metrics and "val_iou" in parent.data.metrics
+    c = env.client()
+    artifacts = {a.path for a in c.list_artifacts(parent.info.run_id)}
+    assert {"best", "best_config.json", "search.json", "summary.json"} <= artifacts
+    for kid in kids:
+        tags, params = kid.data.tags, kid.data.params
+        assert tags["search"] == name and tags["model"] in ("unet", "setr")
+        assert tags["loss"] in ("dice", "bce", "combo")
+        assert tags["status"] in ("completed",) or tags["status"].startswith("stopped at epoch")
+        assert len(tags["data_fingerprint"]) == 64
+        assert kid.info.status == "FINISHED"
+        for key in ("model", "loss", "alpha", "lr", "batch_size", "epochs", "image_size", "seed"):
+            assert key in params
+        assert params["image_size"] == "32"
+        history = c.get_metric_history(kid.info.run_id, "val_iou")
+        assert [m.step for m in history] == list(range(1, int(tags["epochs"]) + 1))
+        for key in ("train_loss", "val_loss", "val_dice", "val_volume_dice"):
+            assert len(c.get_metric_history(kid.info.run_id, key)) == len(history)
+        pictures = [a.path for a in c.list_artifacts(kid.info.run_id, "evolution")]
+        assert any(p.endswith(".png") for p in pictures) and "evolution/evolution.npz" in pictures
+    if name == "family":
+        for kid in kids:
+            knobs = {"unet": "width", "setr": "num_cuts"}
+            other = {"unet": "num_cuts", "setr": "width"}[kid.data.tags["model"]]
+            assert knobs[kid.data.tags["model"]] in kid.data.params
+            assert other not in kid.data.params
+
+
+ASHA = """
+description: "a study where half the configs cannot learn: ASHA must stop them"
+objective: {metric: val_loss, mode: min}
+fixed: {model: unet, loss: combo, image_size: 32, unet: {width: 8}}
+space:
+  lr: {choice: [0.003, 0.0000001]}
+points: [{lr: 0.003}, {lr: 0.0000001}, {lr: 0.0000001}, {lr: 0.003}, {lr: 0.0000001}, {lr: 0.0000001}]
+trials: 6
+asha: {max_epochs: 4, grace_period: 1, reduction_factor: 2}
+concurrency: 1
+"""
+
+
+def test_asha_stops_the_hopeless_at_the_grace_period(tmp_path: Path, phantom_dir: Path) -> None:
+    env = StudyEnv(tmp_path, phantom_dir)
+    search = write_search(tmp_path / "asha.yaml", ASHA)
+    out = tmp_path / "summary.json"
+    result = env.run("--search", str(search), "--json", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads(out.read_text())
+    assert summary["trials"].get("stopped", 0) >= 2, summary
+    assert summary["epochs_spent"] < summary["epochs_without_stopping"] == 6 * 4
+    assert summary["best_config"]["lr"] == 0.003
+    runs = env.runs("asha")
+    stopped = [r for r in runs if r.data.tags.get("status", "").startswith("stopped at epoch")]
+    assert stopped and all(r.data.params["lr"] == "1e-07" for r in stopped)
+    assert any(r.data.tags["stopped_at_epoch"] == "1" for r in stopped)
+    assert "stopped by ASHA at epoch 1/4" in result.stdout
+
+
+NAN = """
+description: "one planted config whose loss becomes NaN"
+fixed: {model: unet, loss: combo, image_size: 32, unet: {width: 8}}
+space:
+  lr: {choice: [0.001, 1.0e+30]}
+points: [{lr: 1.0e+30}, {lr: 0.001}, {lr: 0.001}]
+trials: 3
+asha: {max_epochs: 2, grace_period: 2}
+concurrency: 2
+"""
+
+
+def test_a_failing_trial_fails_alone(tmp_path: Path, phantom_dir: Path) -> None:
+    env = StudyEnv(tmp_path, phantom_dir)
+    search = write_search(tmp_path / "nan.yaml", NAN)
+    out = tmp_path / "summary.json"
+    result = env.run("--search", str(search), "--json", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads(out.read_text())
+    assert summary["trials"] == {"failed": 1, "completed": 2}
+    runs = env.runs("nan")
+    assert_nothing_running(runs)
+    failed = [r for r in runs if r.data.tags.get("status") == "failed"]
+    assert len(failed) == 1 and failed[0].info.status == "FAILED"
+    assert "nan" in failed[0].data.tags["error"]
+    assert "failed after 0 epochs: DivergedError: train loss became nan" in result.stdout
+    import optuna
+
+    states = Counter(t.state for t in env.study("nan").trials)
+    assert states == {optuna.trial.TrialState.FAIL: 1, optuna.trial.TrialState.COMPLETE: 2}
+
+
+def test_a_study_where_every_trial_fails_exits_1(tmp_path: Path, phantom_dir: Path) -> None:
+    env = StudyEnv(tmp_path, phantom_dir)
+    text = NAN.replace(
+        "points: [{lr: 1.0e+30}, {lr: 0.001}, {lr: 0.001}]", "points: [{lr: 1.0e+30}]"
+    )
+    text = text.replace("trials: 3", "trials: 1")
+    result = env.run("--search", str(write_search(tmp_path / "allnan.yaml", text)))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "no trial" in result.stdout
+    assert_nothing_running(env.runs("allnan"))
+
+
+def test_extending_a_study_adds_new_trials_and_reruns_nothing(
+    tmp_path: Path, phantom_dir: Path
+) -> None:
+    env = StudyEnv(tmp_path, phantom_dir)
+    first = env.run("--search", "combo_alpha", *TINY, "--trials", "2", "--max-epochs", "1")
+    assert first.returncode == 0, first.stdout + first.stderr
+    second = env.run("--search", "combo_alpha", *TINY, "--trials", "3", "--max-epochs", "1")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "invocation #2: 3 trials" in second.stdout
+    trials = env.study("combo_alpha").trials
+    assert [t.number for t in trials] == [0, 1, 2, 3, 4]
+    assert [t.params for t in trials[:2]] == [
+        {"alpha": 0.7, "lr": 0.001},
+        {"alpha": 0.5, "lr": 0.001},
+    ]
+    seen = [tuple(sorted(t.params.items())) for t in trials]
+    assert len(set(seen)) == 5  # nothing proposed twice: the sampler saw the history
+    runs = env.runs("combo_alpha")
+    assert len(parents(runs)) == 2
+    kids = [r for r in runs if r.data.tags.get("role") == "trial"]
+    assert sorted(int(r.data.tags["optuna_trial"]) for r in kids) == [0, 1, 2, 3, 4]
+    assert_nothing_running(runs)
+
+
+def wait_for_epoch(env: StudyEnv, experiment: str, trial: int, proc, timeout: float = 120) -> None:
+    """Wait until Optuna trial `trial` has logged an epoch to MLflow."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the driver exited early"
+        for run in env.runs(experiment):
+            tags = run.data.tags
+            if tags.get("optuna_trial") == str(trial) and tags.get("epochs_logged"):
+                return
+        time.sleep(0.3)
+    raise AssertionError(f"trial {trial} logged no epoch in {timeout} s")
+
+
+def _interrupt_and_resume(tmp_path: Path, phantom_dir: Path, sig: signal.Signals) -> None:
+    env = StudyEnv(tmp_path, phantom_dir)
+    args = ("--search", "combo_alpha", "--image-size", "32", "--concurrency", "1")
+    args += ("--trials", "3", "--max-epochs", "6")
+    proc, log = env.start(*args)
+    wait_for(log, "trial #0 ", proc)  # one trial ended
+    wait_for_epoch(env, "combo_alpha", 1, proc)  # and the next one has trained an epoch
+    proc.send_signal(sig)
+    proc.wait(timeout=120)
+    import optuna
+
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130, log.read_text()
+        assert "--resume" in log.read_text()
+        assert_nothing_running(env.runs("combo_alpha"))  # interrupted runs are KILLED
+    states = [t.state for t in env.study("combo_alpha").trials]
+    assert optuna.trial.TrialState.COMPLETE in states
+    assert optuna.trial.TrialState.RUNNING in states  # the interrupted trial, not yet told
+
+    out = tmp_path / "summary.json"
+    resumed = env.run(*args, "--resume", "--json", str(out))
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resuming study combo_alpha" in resumed.stdout
+    trials = env.study("combo_alpha").trials
+    assert len(trials) == 3 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials), (
+        [(t.number, t.state.name) for t in trials],
+        log.read_text(),
+        resumed.stdout,
+    )
+    runs = env.runs("combo_alpha")
+    assert len(parents(runs)) == 1
+    kids = [r for r in runs if r.data.tags.get("role") == "trial"]
+    assert sorted(int(r.data.tags["optuna_trial"]) for r in kids) == [0, 1, 2]  # no duplicate
+    assert_nothing_running(runs)
+    c = env.client()
+    for kid in kids:
+        steps = [m.step for m in c.get_metric_history(kid.info.run_id, "val_loss")]
+        assert steps == list(range(1, int(kid.data.tags["epochs"]) + 1))  # no epoch twice
+    summary = json.loads(out.read_text())
+    assert sum(summary["trials"].values()) == 3
+    best = max(trials, key=lambda t: t.value)
+    assert summary["best_trial"] == best.number
+    assert summary["val_iou"] == pytest.approx(best.value, abs=1e-6)
+    # the resumed trial went on from its checkpoint, it did not start again
+    interrupted = [t for t in kids if int(t.data.tags["optuna_trial"]) == 1][0]
+    assert int(interrupted.data.tags["epochs"]) >= 1
+
+    again = env.run(*args, "--resume")
+    assert again.returncode == 0 and "nothing to resume" in again.stdout
+
+
+def test_sigint_then_resume(tmp_path: Path, phantom_dir: Path) -> None:
+    _interrupt_and_resume(tmp_path, phantom_dir, signal.SIGINT)
+
+
+def test_sigkill_of_the_driver_then_resume(tmp_path: Path, phantom_dir: Path) -> None:
+    _interrupt_and_resume(tmp_path, phantom_dir, signal.SIGKILL)
+
+
+def test_a_new_invocation_closes_out_a_killed_one(tmp_path: Path, phantom_dir: Path) -> None:
+    env = StudyEnv(tmp_path, phantom_dir)
+    args = ("--search", "combo_alpha", "--image-size", "32", "--concurrency", "1")
+    proc, log = env.start(*args, "--trials", "3", "--max-epochs", "6")
+    wait_for(log, "trial #0 ", proc)
+    wait_for_epoch(env, "combo_alpha", 1, proc)
+    proc.kill()
+    proc.wait(timeout=60)
+    result = env.run(*args, "--trials", "1", "--max-epochs", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "closed out invocation #1" in result.stdout
+    import optuna
+
+    trials = env.study("combo_alpha").trials
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    killed = [t for t in trials if t.user_attrs.get("status") == "killed"]
+    assert killed and all(t.state == optuna.trial.TrialState.FAIL for t in killed)
+    runs = env.runs("combo_alpha")
+    assert_nothing_running(runs)
+    assert [
+        r.data.tags.get("status")
+        for r in runs
+        if r.info.status == "KILLED" and r.data.tags.get("role") == "trial"
+    ]
+    assert {r.info.status for r in parents(runs)} == {"KILLED", "FINISHED"}

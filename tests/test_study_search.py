@@ -1,0 +1,175 @@
+"""Search files: every shipped search loads; bad files fail before Ray starts, in one line, exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from study_helpers import StudyEnv
+
+from flairseg.errors import ConfigError
+from study import search as searches
+from study.ledger import StudyLock
+
+GOOD = """
+description: test
+fixed: {model: unet, loss: combo, image_size: 32, unet: {width: 8}}
+space:
+  alpha: {uniform: [0.0, 1.0]}
+trials: 1
+asha: {max_epochs: 1}
+"""
+
+
+@pytest.mark.parametrize("name", searches.available())
+@pytest.mark.parametrize("profile", ["laptop", "full"])
+def test_every_shipped_search_loads(name: str, profile: str) -> None:
+    s = searches.load(name, profile)
+    assert s.trials >= 1 and s.asha.max_epochs >= 1
+    assert s.dims or s.grid
+
+
+def test_the_five_searches_of_the_issue_exist() -> None:
+    assert {"combo_alpha", "setr_shape", "family", "budget", "seed"} <= set(searches.available())
+
+
+def test_combo_alpha_evaluates_the_seed_points_first() -> None:
+    s = searches.load("combo_alpha")
+    assert s.optuna_points()[:2] == [{"alpha": 0.7, "lr": 0.001}, {"alpha": 0.5, "lr": 0.001}]
+
+
+def test_family_branches_sample_only_their_own_knobs() -> None:
+    import optuna
+
+    s = searches.load("family", "laptop", {"image_size": 32})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(30):
+        trial = study.ask()
+        config = s(trial)["flairseg"]
+        names = set(trial.params)
+        if config["model"] == "unet":
+            assert not any(n.startswith("setr.") for n in names)
+            assert config["num_cuts"] is None
+        else:
+            assert not any(n.startswith("unet.") for n in names)
+            assert config["width"] is None
+        assert ("alpha" in names) == (config["loss"] == "combo")
+        study.tell(trial, 0.0)
+
+
+def test_seed_grid_scales_its_epochs() -> None:
+    s = searches.load("seed", "full", {"epoch_scale": 0.1})
+    assert [s.config_for(g).epochs for g in s.grid] == [2, 2, 4, 35]
+
+
+def test_max_epochs_caps_every_budget() -> None:
+    s = searches.load("budget", "full", {"max_epochs": 3})
+    assert s.config_for({"epochs": 40}).epochs == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "culprit"),
+    [
+        (GOOD + "colour: red\n", "'colour'"),
+        (GOOD.replace("uniform: [0.0, 1.0]", "uniform: [0.0, 2.0]"), "alpha"),
+        (GOOD.replace("uniform: [0.0, 1.0]", "uniform: [1.0, 0.0]"), "bad range"),
+        (GOOD.replace("model: unet", "model: unett"), "unett"),
+        (GOOD.replace("alpha: {uniform", "alpah: {uniform"), "'alpah'"),
+        (GOOD.replace("alpha: {uniform: [0.0, 1.0]}", "lr: {loguniform: [0, 1]}"), "loguniform"),
+        (GOOD.replace("unet: {width: 8}", "unet: {num_cuts: 8}"), "num_cuts"),
+        (GOOD + "laptop: {space: {}, turbo: 1}\n", "turbo"),
+        (GOOD.replace("trials: 1", "trials: 0"), "trials"),
+        (GOOD.replace("asha: {max_epochs: 1}", "asha: {max_epochs: 1, grace: 2}"), "grace"),
+        ("space: [\n", "not valid YAML"),
+        ("- just\n- a list\n", "a mapping"),
+    ],
+)
+def test_bad_search_file_fails_before_ray_naming_the_key(
+    tmp_path: Path, phantom_dir: Path, text: str, culprit: str
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    env = StudyEnv(tmp_path, phantom_dir)
+    result = env.run("--search", str(path), timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert culprit in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "studies").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "culprit"),
+    [
+        (("--search", "no_such_search"), "unknown search"),
+        (("--search", "combo_alpha", "--data", "/nonexistent/folder"), "--data"),
+        (("--search", "combo_alpha", "--address", "127.0.0.1:9"), "--address"),
+        (("--search", "combo_alpha", "--trials", "0"), "--trials"),
+        (("--search", "combo_alpha", "--gpus-per-trial", "-1"), "--gpus-per-trial"),
+        (("--search", "combo_alpha", "--image-size", "33"), "33"),
+    ],
+)
+def test_bad_flags_exit_2_in_one_line(
+    tmp_path: Path, phantom_dir: Path, args: tuple[str, ...], culprit: str
+) -> None:
+    result = StudyEnv(tmp_path, phantom_dir).run(*args, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and culprit in lines[0], result.stderr
+    assert not (tmp_path / "studies").exists()
+
+
+def test_unreachable_mlflow_server_exits_2_quickly(tmp_path: Path, phantom_dir: Path) -> None:
+    env = StudyEnv(tmp_path, phantom_dir)
+    argv = env.argv("--search", "combo_alpha")
+    argv[argv.index("--mlflow-uri") + 1] = "http://127.0.0.1:9"
+    result = subprocess.run(
+        argv, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env.env()
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "--mlflow-uri http://127.0.0.1:9" in result.stderr
+    assert not (tmp_path / "studies").exists()
+
+
+def test_list_prints_every_search_with_its_space() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "study.run", "--list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert result.returncode == 0, result.stderr
+    for name in searches.available():
+        assert f"{name}: " in result.stdout
+    assert "alpha: uniform [0, 1]" in result.stdout
+    assert "num_cuts: choice [4, 8, 16]" in result.stdout
+
+
+def test_a_second_invocation_on_a_running_study_is_refused(
+    tmp_path: Path, phantom_dir: Path
+) -> None:
+    env = StudyEnv(tmp_path, phantom_dir)
+    (tmp_path / "studies").mkdir()
+    lock = StudyLock(env.optuna_url, "combo_alpha").acquire()
+    try:
+        result = env.run("--search", "combo_alpha", "--image-size", "32", timeout=120)
+    finally:
+        lock.release()
+    assert result.returncode == 2
+    assert "being run by another invocation" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_lock_is_released_with_its_holder(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    first = StudyLock(url, "s").acquire()
+    with pytest.raises(ConfigError, match="being run by another invocation"):
+        StudyLock(url, "s").acquire()
+    StudyLock(url, "other").acquire().release()  # another study is not blocked
+    first.release()
+    StudyLock(url, "s").acquire().release()
