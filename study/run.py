@@ -679,7 +679,9 @@ def _run(
         return EXIT_INTERRUPTED
 
     # nothing of this study may stay RUNNING once its driver is done (we hold the lock)
-    strays = ledger.close_out_trials(study) + tracking.close_out(uri, experiment_id, study_name)
+    strays = ledger.close_out_trials(study) + tracking.close_out(
+        uri, experiment_id, study_name, keep=parent_id
+    )
     if strays:
         print(f"warning: {strays} trials or runs left RUNNING were recorded as killed")
     summary = summarise(uri, experiment_id, parent_id, study, study_name, data, search)

@@ -149,11 +149,15 @@ def study_runs(
             return runs
 
 
-def close_out(uri: str, experiment_id: str, study: str, reason: str = "killed") -> int:
-    """Mark every RUNNING run of `study` KILLED (tag status=killed); returns how many."""
+def close_out(
+    uri: str, experiment_id: str, study: str, reason: str = "killed", keep: str | None = None
+) -> int:
+    """Mark every RUNNING run of `study` but `keep` KILLED (tag status=reason); returns how many."""
     c = client(uri)
     n = 0
     for run in study_runs(c, experiment_id, study, status="RUNNING"):
+        if run.info.run_id == keep:
+            continue
         if run.data.tags.get("role") == "trial":
             c.set_tag(run.info.run_id, "status", reason)
         c.set_terminated(run.info.run_id, status="KILLED")

@@ -45,6 +45,7 @@ def test_every_search_runs_and_lands_in_mlflow(
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+    assert "warning" not in result.stdout
     summary = json.loads(out.read_text())
     assert sum(summary["trials"].values()) == 2
     for key in ("epochs_spent", "epochs_without_stopping", "best_config"):
@@ -58,6 +59,7 @@ def test_every_search_runs_and_lands_in_mlflow(
     kids = children_of(runs, parent)
     assert len(kids) == 2
     assert_nothing_running(runs)
+    assert parent.info.status == "FINISHED"
     assert parent.data.tags["search"] == name and parent.data.tags["study"] == name
     assert "test_iou" in parent.data.metrics and "val_iou" in parent.data.metrics
     c = env.client()
