@@ -173,3 +173,26 @@ def test_lock_is_released_with_its_holder(tmp_path: Path) -> None:
     StudyLock(url, "other").acquire().release()  # another study is not blocked
     first.release()
     StudyLock(url, "s").acquire().release()
+
+
+def test_a_study_is_bound_to_its_data(tmp_path: Path, phantom_dir: Path) -> None:
+    import optuna
+
+    env = StudyEnv(tmp_path, phantom_dir)
+    (tmp_path / "studies").mkdir()
+    study = optuna.create_study(
+        storage=env.optuna_url, study_name="combo_alpha", direction="maximize"
+    )
+    study.set_user_attr("search", "combo_alpha")
+    study.set_user_attr("data_key", "another data set")
+    result = env.run("--search", "combo_alpha", "--image-size", "32", timeout=120)
+    assert result.returncode == 2
+    assert "it was run on other data" in result.stderr
+    other = env.run("--search", "family", "--study", "combo_alpha", timeout=120)
+    assert other.returncode == 2 and "belongs to search 'combo_alpha'" in other.stderr
+
+
+def test_resume_with_nothing_to_resume_exits_0(tmp_path: Path, phantom_dir: Path) -> None:
+    result = StudyEnv(tmp_path, phantom_dir).run("--search", "combo_alpha", "--resume")
+    assert result.returncode == 0, result.stderr
+    assert "nothing to resume" in result.stdout
