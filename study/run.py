@@ -22,10 +22,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
 import shlex
 import socket
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -354,17 +357,7 @@ def summarise(
     if not runs or "checkpoint" not in runs[0].data.tags:
         return summary
     run = runs[0]
-    from ray import tune
-
-    with tune.Checkpoint(run.data.tags["checkpoint"]).as_directory() as folder:
-        state_file = Path(folder) / "state.pt"
-        ckpt = load_checkpoint(state_file)
-        config, model = model_from_checkpoint(ckpt)
-        loss = build_loss(config.loss, config.alpha)
-        scores = evaluate(model, data.val, loss, "val")
-        if data.test is not None:
-            scores.update(evaluate(model, data.test, loss, "test"))
-        c.log_artifact(parent_id, str(state_file), "best")
+    config, ckpt, scores = score_checkpoint(run.data.tags["checkpoint"], data, c, parent_id)
     summary.update(
         {
             "best_trial": best.number,
@@ -379,7 +372,71 @@ def summarise(
     tracking.log_json(c, parent_id, config.to_dict(), "best_config.json")
     c.set_tag(parent_id, "best_trial", str(best.number))
     c.set_tag(parent_id, "best_run", run.info.run_id)
+    if data.test is not None:
+        score_group_bests(c, experiment_id, study_name, search, data)
     return summary
+
+
+def score_checkpoint(
+    where: str, data: Dataset, c=None, parent_id: str | None = None
+) -> tuple[TrainConfig, dict[str, Any], dict[str, float]]:
+    """Load a trial's checkpoint and score it on val and (once) on test."""
+    from ray import tune
+
+    with tune.Checkpoint(where).as_directory() as folder:
+        state_file = Path(folder) / "state.pt"
+        ckpt = load_checkpoint(state_file)
+        config, model = model_from_checkpoint(ckpt)
+        loss = build_loss(config.loss, config.alpha)
+        scores = evaluate(model, data.val, loss, "val")
+        if data.test is not None:
+            scores.update(evaluate(model, data.test, loss, "test"))
+        if c is not None and parent_id is not None:
+            c.log_artifact(parent_id, str(state_file), "best")
+    return config, ckpt, scores
+
+
+def score_group_bests(c, experiment_id: str, study_name: str, search, data: Dataset) -> None:
+    """The best trial of each model x loss group gets its test scores, for the family report.
+
+    Selection stays on val; test only describes the group's best, once per trial.
+    """
+    groups: dict[tuple[str, str], Any] = {}
+    pick = max if search.mode == "max" else min
+    for run in tracking.study_runs(c, experiment_id, study_name, role="trial"):
+        tags, value = run.data.tags, run.data.metrics.get(search.metric)
+        ok = tags.get("status") == "completed" or tags.get("status", "").startswith("stopped")
+        if not ok or value is None or not math.isfinite(value) or "checkpoint" not in tags:
+            continue
+        key = (tags.get("model", "?"), tags.get("loss", "?"))
+        if key not in groups or pick(value, groups[key].data.metrics[search.metric]) == value:
+            groups[key] = run
+    for run in groups.values():
+        if "test_iou" in run.data.metrics:
+            continue
+        try:
+            _, _, scores = score_checkpoint(run.data.tags["checkpoint"], data)
+        except Exception as err:  # a checkpoint that is gone must not sink the study
+            print(f"warning: {run.info.run_name}: not scored on test ({err})")
+            continue
+        tracking.log_metrics(
+            c, run.info.run_id, {k: v for k, v in scores.items() if k.startswith("test_")}
+        )
+        c.set_tag(run.info.run_id, "test_scored", "best of its model and loss")
+
+
+def write_report(uri: str, experiment: str, study_name: str, parent_id: str, out: str) -> None:
+    """`python -m dashboards.report` in a child process: study does not import the layer above."""
+    argv = [
+        sys.executable, "-m", "dashboards.report", "--experiment", experiment,
+        "--study", study_name, "--mlflow-uri", uri, "--out", out, "--log-to-run", parent_id,
+    ]  # fmt: skip
+    result = subprocess.run(argv, capture_output=True, text=True)
+    if result.returncode == 0:
+        print(f"  report: {out} (and on the parent run)")
+    else:
+        why = (result.stderr.strip().splitlines() or ["unknown error"])[-1]
+        print(f"warning: the report was not written: {why}")
 
 
 def print_summary(summary: dict[str, Any], seconds: float, uri: str, experiment: str) -> str:
@@ -699,6 +756,12 @@ def _run(
     )
     c.set_terminated(parent_id, status="FINISHED" if ok else "FAILED")
     ledger.mark(study, record.number, "done")
+    report = (
+        f"{record.path}/report.html"
+        if "://" not in record.path
+        else str(Path(tempfile.mkdtemp(prefix="flairseg-report-")) / "report.html")
+    )
+    write_report(uri, experiment, study_name, parent_id, report)
     print(line)
     return 0 if ok else EXIT_NO_TRIAL_SUCCEEDED
 

@@ -1,0 +1,310 @@
+"""The study report: built from MLflow, opened in headless Chromium; degenerate studies; bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from browser import render, screenshot
+from PIL import Image
+from study_helpers import REPO, StudyEnv, write_search
+
+FIGURES = 8
+
+FAMILY = """
+description: "two families, one stopped early, one failed"
+objective: {metric: val_loss, mode: min}
+fixed:
+  image_size: 32
+  unet: {width: 8}
+  setr: {depth: 1, dim: 32, heads: 2, mlp_dim: 32}
+space:
+  model: {choice: [unet, setr]}
+  loss: {choice: [dice, combo]}
+  lr: {choice: [0.003, 0.0000001, 1.0e+30]}
+points:
+  - {model: unet, loss: combo, lr: 0.003}
+  - {model: setr, loss: combo, lr: 0.003}
+  - {model: unet, loss: combo, lr: 0.0000001}
+  - {model: unet, loss: dice, lr: 1.0e+30}
+trials: 4
+asha: {max_epochs: 3, grace_period: 1, reduction_factor: 2}
+concurrency: 1
+"""
+
+
+def report(env: StudyEnv, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dashboards.report", "--mlflow-uri", env.mlflow_uri, *args],
+        cwd=env.root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def assert_opens_clean(page: Path, tmp_path: Path) -> None:
+    shown = render(page)
+    assert shown.console == [], shown.console
+    assert shown.drawn == FIGURES, shown.dom[-2000:]
+    assert shown.dom.count('class="main-svg"') >= FIGURES
+    assert shown.attr("data-all-drawn-ms") is not None
+    shot = np.asarray(Image.open(screenshot(page, tmp_path / "shot.png")).convert("L"))
+    assert shot.std() > 10 and len(np.unique(shot)) > 50  # not a blank page
+
+
+@pytest.mark.slow
+def test_report_of_a_real_study_opens_clean_in_chromium(tmp_path: Path, phantom_dir: Path) -> None:
+    env = StudyEnv(tmp_path, phantom_dir)
+    search = write_search(tmp_path / "fam.yaml", FAMILY)
+    result = env.run("--search", str(search))
+    assert result.returncode == 0, result.stdout + result.stderr
+    page = tmp_path / "studies" / "fam" / "run-1" / "report.html"
+    assert page.exists(), result.stdout
+    assert "report: " in result.stdout
+    text = page.read_text()
+    assert text.count('<script type="text/javascript">') == 1  # plotly.js once
+    assert "<script src=" not in text  # no external script: it opens offline
+    for section in (
+        "family",
+        "best",
+        "hyperparameters",
+        "parallel",
+        "curves",
+        "overlays",
+        "evolution",
+        "facts",
+    ):
+        assert f'id="fig-{section}"' in text
+    for name in ("unet / combo", "setr / combo", "stopped by ASHA at epoch 1"):
+        assert name in text
+    assert page.stat().st_size < 10e6
+    assert_opens_clean(page, tmp_path)
+    # the same report is on the parent run
+    runs = env.runs("fam")
+    parent = [r for r in runs if r.data.tags.get("role") == "study"][0]
+    assert "report.html" in {a.path for a in env.client().list_artifacts(parent.info.run_id)}
+    # each group's best was scored on test, for the table
+    scored = [r for r in runs if r.data.tags.get("test_scored")]
+    assert {(r.data.tags["model"], r.data.tags["loss"]) for r in scored} == {
+        ("unet", "combo"),
+        ("setr", "combo"),
+    }
+
+
+def _fake_study(env: StudyEnv, experiment: str, trials: list[dict]) -> None:
+    """A study written straight into MLflow as study.run lays it out (no Ray): degenerate cases."""
+    from mlflow.entities import Metric, Param
+
+    c = env.client()
+    exp = c.create_experiment(experiment)
+    parent = c.create_run(
+        exp,
+        run_name="s #1",
+        tags={
+            "study": "s",
+            "role": "study",
+            "invocation": "1",
+            "search": experiment,
+            "split": "{'train': ['a'], 'val': ['b'], 'test': ['c']}",
+        },
+    )
+    c.log_param(parent.info.run_id, "objective", "val_iou (max)")
+    for i, t in enumerate(trials):
+        run = c.create_run(
+            exp,
+            run_name=f"#{i} {t['model']} {t['loss']}",
+            tags={
+                "mlflow.parentRunId": parent.info.run_id,
+                "study": "s",
+                "role": "trial",
+                "optuna_trial": str(i),
+                "model": t["model"],
+                "loss": t["loss"],
+                "status": t["status"],
+                "epochs": str(len(t.get("curve", []))),
+                "planned_epochs": "3",
+            },
+        )
+        c.log_batch(
+            run.info.run_id,
+            params=[
+                Param("model", t["model"]),
+                Param("loss", t["loss"]),
+                Param("sampled.lr", "0.001"),
+                Param("lr", "0.001"),
+            ],
+        )
+        metrics = [Metric("val_iou", v, 0, step + 1) for step, v in enumerate(t.get("curve", []))]
+        for step, v in enumerate(t.get("curve", [])):
+            metrics += [
+                Metric(f"val_{k}", v, 0, step + 1)
+                for k in ("dice", "pixel_accuracy", "mean_accuracy")
+            ]
+        if metrics:
+            c.log_batch(run.info.run_id, metrics=metrics)
+        c.set_terminated(run.info.run_id, "FINISHED" if t["status"] != "failed" else "FAILED")
+    c.set_terminated(parent.info.run_id, "FINISHED")
+
+
+@pytest.mark.parametrize(
+    ("trials", "said"),
+    [
+        (
+            [{"model": "unet", "loss": "dice", "status": "completed", "curve": [0.1, 0.3, 0.5]}],
+            "no best model with saved predictions",
+        ),
+        (
+            [
+                {"model": "unet", "loss": "dice", "status": "failed"},
+                {"model": "unet", "loss": "bce", "status": "failed"},
+            ],
+            "no trial finished with scores",
+        ),
+        ([], "no trials in this study"),
+    ],
+    ids=["one-trial", "all-failed", "empty"],
+)
+def test_degenerate_studies_say_what_is_missing(
+    tmp_path: Path, phantom_dir: Path, trials: list, said: str
+) -> None:
+    env = StudyEnv(tmp_path, phantom_dir)
+    _fake_study(env, "degenerate", trials)
+    out = tmp_path / "r.html"
+    result = report(env, "--experiment", "degenerate", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert said in out.read_text()
+    assert_opens_clean(out, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("args", "culprit"),
+    [
+        (("--experiment", "nope"), "--experiment nope"),
+        (("--experiment", "degenerate", "--study", "nope"), "--study nope"),
+    ],
+)
+def test_unknown_experiment_or_study_exits_2(
+    tmp_path: Path, phantom_dir: Path, args: tuple, culprit: str
+) -> None:
+    env = StudyEnv(tmp_path, phantom_dir)
+    _fake_study(env, "degenerate", [])
+    result = report(env, *args, "--out", str(tmp_path / "r.html"))
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip().splitlines() == [result.stderr.strip()] and culprit in result.stderr
+    )
+    assert not (tmp_path / "r.html").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, payload: dict | None = None) -> dict:
+    data = json.dumps(payload).encode() if payload is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+@pytest.mark.slow
+def test_a_study_over_http_to_a_real_mlflow_server(tmp_path: Path, phantom_dir: Path) -> None:
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "artifacts"),
+        ],  # fmt: skip
+        cwd=tmp_path,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(base + "/health", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, (
+                    "mlflow server did not start"
+                )
+                time.sleep(0.3)
+        env = StudyEnv(tmp_path, phantom_dir)
+        argv = env.argv(
+            "--search", "combo_alpha", "--image-size", "32", "--trials", "2", "--max-epochs", "2"
+        )
+        argv[argv.index("--mlflow-uri") + 1] = base
+        result = subprocess.run(
+            argv, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env.env()
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "report: " in result.stdout
+
+        api = base + "/api/2.0/mlflow"
+        exp = _get(f"{api}/experiments/get-by-name?experiment_name=combo_alpha")["experiment"]
+        runs = _get(
+            f"{api}/runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 100}
+        )["runs"]
+        tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
+        (parent,) = [r for r, t in zip(runs, tags, strict=True) if t.get("role") == "study"]
+        kids = [
+            (r, t)
+            for r, t in zip(runs, tags, strict=True)
+            if t.get("mlflow.parentRunId") == parent["info"]["run_id"]
+        ]
+        assert len(kids) == 2
+        for run, t in kids:
+            params = {p["key"]: p["value"] for p in run["data"]["params"]}
+            assert {"model", "loss", "alpha", "lr", "width"} <= set(params)
+            history = _get(
+                f"{api}/metrics/get-history?run_id={run['info']['run_id']}&metric_key=val_iou"
+            )["metrics"]
+            assert sorted(m["step"] for m in history) == list(range(1, int(t["epochs"]) + 1))
+        assert all(r["info"]["status"] != "RUNNING" for r in runs)
+
+        out = tmp_path / "from-server.html"
+        built = subprocess.run(
+            [sys.executable, "-m", "dashboards.report", "--mlflow-uri", base, "--experiment", "combo_alpha", "--out", str(out)],
+            cwd=REPO, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert built.returncode == 0, built.stderr
+        assert_opens_clean(out, tmp_path)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_the_browser_check_sees_a_javascript_error(tmp_path: Path) -> None:
+    page = tmp_path / "broken.html"
+    page.write_text("<html><body><script>undefinedFunction();</script></body></html>")
+    shown = render(page)
+    assert any("undefinedFunction" in line for line in shown.console), shown.console
+    assert shown.drawn == 0
