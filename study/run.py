@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -239,6 +240,8 @@ def make_tuner(
     if resume:
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True), gpus
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # multivariate/group TPE are marked experimental; they are what conditional spaces need
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     conditional = any(d.model or d.when for d in search.dims)
     sampler = optuna.samplers.TPESampler(
         seed=seed,
