@@ -25,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from flairseg.train import write_json
 from study import search as searches
 
 
@@ -88,27 +89,24 @@ def main() -> None:
         f"ASHA/no stopping: epochs {ratio:.2f}x, best val_iou {gap:+.4f}, wall {asha_s / full_s:.2f}x"
     )
     if args.json:
-        Path(args.json).write_text(
-            json.dumps(
-                {
-                    "trials": args.trials,
-                    "max_epochs": args.max_epochs,
-                    "grace": args.grace,
-                    "asha": {
-                        k: with_asha[k]
-                        for k in ("epochs_spent", "val_iou", "test_iou", "trials", "best_config")
-                    },
-                    "no_stopping": {
-                        k: without[k]
-                        for k in ("epochs_spent", "val_iou", "test_iou", "trials", "best_config")
-                    },
-                    "epoch_ratio": round(ratio, 3),
-                    "val_iou_gap": round(gap, 4),
-                    "wall_s": {"asha": round(asha_s, 1), "no_stopping": round(full_s, 1)},
+        write_json(
+            args.json,
+            {
+                "trials": args.trials,
+                "max_epochs": args.max_epochs,
+                "grace": args.grace,
+                "asha": {
+                    k: with_asha[k]
+                    for k in ("epochs_spent", "val_iou", "test_iou", "trials", "best_config")
                 },
-                indent=2,
-            )
-            + "\n"
+                "no_stopping": {
+                    k: without[k]
+                    for k in ("epochs_spent", "val_iou", "test_iou", "trials", "best_config")
+                },
+                "epoch_ratio": round(ratio, 3),
+                "val_iou_gap": round(gap, 4),
+                "wall_s": {"asha": round(asha_s, 1), "no_stopping": round(full_s, 1)},
+            },
         )
 
 

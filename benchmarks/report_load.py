@@ -14,7 +14,6 @@ Chromium process's wall time (start-up included) as an outer bound.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
 import statistics
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from flairseg.train import default_data
+from flairseg.train import default_data, write_json
 
 FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader",
@@ -111,19 +110,16 @@ def main() -> None:
     print(f"  every figure drawn  {drawn / 1000:.2f} s")
     print(f"  browser process     {wall:.2f} s (start-up included)")
     if args.json:
-        Path(args.json).write_text(
-            json.dumps(
-                {
-                    "size_mb": round(size_mb, 2),
-                    "build_s": round(build_s, 2),
-                    "first_screen_s": first / 1000,
-                    "all_drawn_s": drawn / 1000,
-                    "browser_wall_s": round(wall, 2),
-                    "runs": runs,
-                },
-                indent=2,
-            )
-            + "\n"
+        write_json(
+            args.json,
+            {
+                "size_mb": round(size_mb, 2),
+                "build_s": round(build_s, 2),
+                "first_screen_s": first / 1000,
+                "all_drawn_s": drawn / 1000,
+                "browser_wall_s": round(wall, 2),
+                "runs": runs,
+            },
         )
 
 

@@ -34,7 +34,7 @@ import yaml
 from flairseg.config import TrainConfig
 from flairseg.dataset import load_dataset
 from flairseg.engine import train
-from flairseg.train import default_data
+from flairseg.train import default_data, write_json
 
 
 def alphas(n: int) -> list[float]:
@@ -106,21 +106,18 @@ def main() -> None:
         f"epochs: {summary['epochs_spent']} in the study, {args.trials * args.epochs} in the loop"
     )
     if args.json:
-        Path(args.json).write_text(
-            json.dumps(
-                {
-                    "trials": args.trials,
-                    "epochs": args.epochs,
-                    "image_size": args.image_size,
-                    "plain_s": round(plain_s, 2),
-                    "study_s": round(study_s, 2),
-                    "study_fit_s": fit_s,
-                    "ratio": round(study_s / plain_s, 3),
-                    "cpus": os.cpu_count(),
-                },
-                indent=2,
-            )
-            + "\n"
+        write_json(
+            args.json,
+            {
+                "trials": args.trials,
+                "epochs": args.epochs,
+                "image_size": args.image_size,
+                "plain_s": round(plain_s, 2),
+                "study_s": round(study_s, 2),
+                "study_fit_s": fit_s,
+                "ratio": round(study_s / plain_s, 3),
+                "cpus": os.cpu_count(),
+            },
         )
 
 

@@ -125,6 +125,8 @@ class StudyCallback(Callback):
             return
         for earlier in json.loads(result.get("resumed_history") or "[]"):
             self._log_epoch(run_id, earlier)  # epochs whose logging a killed driver missed
+        if result.get("node_ip") and self._last_step.get(run_id, 0) == 0:
+            self.client.set_tag(run_id, "node_ip", str(result["node_ip"]))  # where it trained
         metrics = dict(result)
         if "time_this_iter_s" in result:
             metrics["epoch_seconds"] = result["time_this_iter_s"]

@@ -195,8 +195,9 @@ def start_ray(address: str | None) -> None:
         "log_to_driver": False,
         "logging_level": logging.ERROR,
     }
-    if address:
-        kwargs["address"] = address
+    # without --address: always a fresh Ray on this machine ("local"); a bare ray.init() would
+    # join any cluster a `ray start` left running here, and its busy or dying nodes with it
+    kwargs["address"] = address or "local"
     try:
         ray.init(**kwargs)
     except Exception as err:  # ConnectionError and friends, worded by Ray

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 from browser import render, screenshot
+from cluster import MlflowServer
 from PIL import Image
 from study_helpers import REPO, StudyEnv, write_search
 
@@ -206,12 +203,6 @@ def test_unknown_experiment_or_study_exits_2(
     assert not (tmp_path / "r.html").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get(url: str, payload: dict | None = None) -> dict:
     data = json.dumps(payload).encode() if payload is not None else None
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
@@ -221,42 +212,9 @@ def _get(url: str, payload: dict | None = None) -> dict:
 
 @pytest.mark.slow
 def test_a_study_over_http_to_a_real_mlflow_server(tmp_path: Path, phantom_dir: Path) -> None:
-    port = _free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination",
-            str(tmp_path / "artifacts"),
-        ],  # fmt: skip
-        cwd=tmp_path,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
+    server = MlflowServer(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "artifacts")
+    base = server.url
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(base + "/health", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, (
-                    "mlflow server did not start"
-                )
-                time.sleep(0.3)
         env = StudyEnv(tmp_path, phantom_dir)
         argv = env.argv(
             "--search", "combo_alpha", "--image-size", "32", "--trials", "2", "--max-epochs", "2"
@@ -298,8 +256,7 @@ def test_a_study_over_http_to_a_real_mlflow_server(tmp_path: Path, phantom_dir: 
         assert built.returncode == 0, built.stderr
         assert_opens_clean(out, tmp_path)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        server.close()
 
 
 def test_the_browser_check_sees_a_javascript_error(tmp_path: Path) -> None:

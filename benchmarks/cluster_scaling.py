@@ -1,0 +1,104 @@
+"""Does a second node pay? The same trials on one Ray node of 1 CPU, then on two such nodes.
+
+    python -m benchmarks.cluster_scaling [--trials 8] [--epochs 15] [--json FILE]
+
+A real Ray cluster on loopback (head on 127.0.0.2, a second node on 127.0.0.3, one CPU each,
+started with `ray start --block` as child processes and stopped at the end). The same search
+(U-Net width 16, Combo loss, fixed alphas, lr 1e-3, `--epochs` each, 64 px, synthetic
+default, no early stopping, concurrency 2) runs through `python -m study.run --address`
+first on the head alone, then with the second node joined. The whole `study.run` process is
+timed (connecting, data to the object store, MLflow, the final test scoring and report
+included), and Tune's fit time from its summary is shown beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from flairseg.train import default_data, write_json
+from tests.cluster import RAY_ENV, RayNode, free_port, wait_nodes
+
+
+def study(folder: Path, address: str, name: str, trials: int, epochs: int) -> tuple[float, dict]:
+    search = {
+        "description": "cluster scaling benchmark",
+        "fixed": {
+            "model": "unet",
+            "loss": "combo",
+            "lr": 0.001,
+            "image_size": 64,
+            "unet": {"width": 16},
+        },
+        "space": {"alpha": {"uniform": [0.0, 1.0]}},
+        "points": [{"alpha": round(0.1 + 0.8 * i / max(trials - 1, 1), 4)} for i in range(trials)],
+        "trials": trials,
+        "asha": {"enabled": False, "max_epochs": epochs},
+        "concurrency": 2,
+        "resources": {"cpus": 1, "gpus": 0},
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(search))
+    out = folder / f"{name}.json"
+    argv = [
+        sys.executable, "-m", "study.run", "--search", str(path), "--data", str(default_data()),
+        "--address", address, "--storage", str(folder / "studies"),
+        "--mlflow-uri", f"sqlite:///{folder / 'mlflow.db'}", "--json", str(out),
+        "--status-every", "3600",
+    ]  # fmt: skip
+    started = time.perf_counter()
+    subprocess.run(argv, check=True, cwd=folder, stdout=subprocess.DEVNULL, env=RAY_ENV)
+    return time.perf_counter() - started, json.loads(out.read_text())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--trials", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--json", help="write the figures here")
+    args = p.parse_args()
+    default_data()  # generated before any timing
+    with tempfile.TemporaryDirectory(prefix="flairseg-scaling-") as tmp:
+        folder = Path(tmp)
+        head = RayNode("127.0.0.2", cpus=1, head_port=free_port("127.0.0.2"))
+        node = None
+        try:
+            wait_nodes(head.address, 1)
+            one_s, one = study(folder, head.address, "one_node", args.trials, args.epochs)
+            node = RayNode("127.0.0.3", cpus=1, address=head.address)
+            wait_nodes(head.address, 2)
+            two_s, two = study(folder, head.address, "two_nodes", args.trials, args.epochs)
+        finally:
+            if node is not None:
+                node.close()
+            head.close()
+    print(f"{args.trials} trials x {args.epochs} epochs, 64 px, U-Net width 16, 1 CPU per trial")
+    print(f"{'':<22}{'study.run s':>12}{'ratio':>8}{'Tune fit s':>12}{'ratio':>8}")
+    print(f"{'one node, 1 CPU':<22}{one_s:>12.1f}{1.0:>8.2f}{one['seconds']:>12.1f}{1.0:>8.2f}")
+    print(
+        f"{'two nodes, 1 CPU each':<22}{two_s:>12.1f}{two_s / one_s:>8.2f}"
+        f"{two['seconds']:>12.1f}{two['seconds'] / one['seconds']:>8.2f}"
+    )
+    if args.json:
+        write_json(
+            args.json,
+            {
+                "trials": args.trials,
+                "epochs": args.epochs,
+                "one_node_s": round(one_s, 1),
+                "two_nodes_s": round(two_s, 1),
+                "ratio": round(two_s / one_s, 3),
+                "fit_ratio": round(two["seconds"] / one["seconds"], 3),
+            },
+        )
+
+
+if __name__ == "__main__":
+    main()
