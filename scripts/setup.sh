@@ -11,15 +11,19 @@ if [ -n "${TORCH_SPEC:-}" ] || ! .venv/bin/python -c "import torch" 2>/dev/null;
   .venv/bin/python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
 fi
 .venv/bin/python -m pip install -q -e '.[dev]'
-# The report's browser test opens the HTML in Debian's Chromium. Installed when missing and this
-# shell may use apt (root, or sudo without a password); otherwise that test skips and says why.
-# SKIP_SYSTEM_PACKAGES=1 leaves the system alone.
-if [ -z "${SKIP_SYSTEM_PACKAGES:-}" ] && ! command -v chromium >/dev/null 2>&1; then
+# System packages for the tests: Debian's Chromium (the report's browser test) and PostgreSQL
+# (the cluster tests' database). Installed when missing and this shell may use apt (root, or
+# sudo without a password); otherwise those tests skip and say why. SKIP_SYSTEM_PACKAGES=1
+# leaves the system alone.
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null || missing+=(postgresql)
+if [ -z "${SKIP_SYSTEM_PACKAGES:-}" ] && [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then APT=(apt-get); elif sudo -n true 2>/dev/null; then APT=(sudo apt-get); else APT=(); fi
   if [ ${#APT[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing chromium (Debian package) for the report's browser test"
-    "${APT[@]}" update -qq && DEBIAN_FRONTEND=noninteractive "${APT[@]}" install -y -qq chromium >/dev/null
+    echo "installing ${missing[*]} (Debian packages) for the tests"
+    "${APT[@]}" update -qq && DEBIAN_FRONTEND=noninteractive "${APT[@]}" install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "note: chromium is missing and apt is not usable here; the browser test will skip" >&2
+    echo "note: ${missing[*]} missing and apt is not usable here; the tests that need them will skip" >&2
   fi
 fi

@@ -56,15 +56,21 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30)
         proc.wait(timeout=10)
 
 
+def _skip(reason: str) -> None:
+    if os.environ.get("FLAIRSEG_REQUIRE_POSTGRES"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 class Postgres:
     """Debian's PostgreSQL in a fresh data folder, as the `postgres` user, on 127.0.0.1."""
 
     def __init__(self) -> None:
         bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
         if not bins:
-            pytest.skip("PostgreSQL is not installed (Debian's postgresql package)")
+            _skip("PostgreSQL is not installed (Debian's postgresql package; scripts/setup.sh)")
         if os.geteuid() != 0 or not shutil.which("runuser"):
-            pytest.skip("starting PostgreSQL here needs root (to run it as the postgres user)")
+            _skip("starting PostgreSQL here needs root (to run it as the postgres user)")
         self.bin = Path(bins[-1]).parent
         self.dir = Path(tempfile.mkdtemp(prefix="flairseg-pg-"))
         shutil.chown(self.dir, "postgres", "postgres")
