@@ -42,6 +42,8 @@ class Invocation:
     data: str
     profile: str
     seed: int
+    mlflow_uri: str = ""  # where its runs are: a --resume logs there again
+    experiment: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -521,7 +521,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     loaded = None if args.resume else load_data(args.data, search)
     uri = args.mlflow_uri or tracking.default_uri()
     experiment = args.experiment or search.name
-    experiment_id = tracking.open_experiment(uri, experiment)
+    # a --resume logs where its invocation logged (read from the study's record below)
+    experiment_id = None if args.resume else tracking.open_experiment(uri, experiment)
     storage = ledger.open_storage(optuna_url)
     lock = ledger.StudyLock(optuna_url, study_name).acquire()
     try:
@@ -558,6 +559,11 @@ def _run(
         name = raw.pop("name", search.name)
         # the record holds the file as that invocation merged it (profile applied)
         search = searches.parse(raw, name, search.source, "full", overrides)
+        # where the invocation logged, unless the flags (or MLFLOW_TRACKING_URI) say otherwise
+        explicit = args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        uri = explicit or pending.mlflow_uri or uri
+        experiment = args.experiment or pending.experiment or experiment
+        experiment_id = tracking.open_experiment(uri, experiment)
         data_arg = pending.data
     else:
         data_arg = args.data
@@ -676,6 +682,8 @@ def _run(
             data=str(data_dir) if args.data else "",
             profile=profile,
             seed=args.seed,
+            mlflow_uri=uri,
+            experiment=experiment,
         )
         ledger.start(study, record)
 

@@ -222,7 +222,17 @@ def _interrupt_and_resume(tmp_path: Path, phantom_dir: Path, sig: signal.Signals
     assert optuna.trial.TrialState.RUNNING in states  # the interrupted trial, not yet told
 
     out = tmp_path / "summary.json"
-    resumed = env.run(*args, "--resume", "--json", str(out))
+    # from another folder and without --mlflow-uri: the study's record says where it logs
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    argv = env.argv(*args, "--resume", "--json", str(out))
+    del argv[argv.index("--mlflow-uri") : argv.index("--mlflow-uri") + 2]
+    import subprocess
+
+    resumed = subprocess.run(
+        argv, cwd=elsewhere, capture_output=True, text=True, timeout=300, env=env.env()
+    )
+    assert not (elsewhere / "mlflow.db").exists()
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "resuming study combo_alpha" in resumed.stdout
     trials = env.study("combo_alpha").trials
