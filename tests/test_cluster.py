@@ -145,7 +145,7 @@ def test_losing_the_worker_node_mid_study(
     import optuna
 
     env = StudyEnv(tmp_path, phantom_dir)
-    cmd = study_cmd(env, cluster, "lost-node", trials=4, epochs=15)
+    cmd = study_cmd(env, cluster, "lost-node", trials=4, epochs=40)
     log = tmp_path / "driver.log"
     proc = start_driver(env, cmd, log)
     deadline = time.monotonic() + 300
