@@ -125,8 +125,6 @@ class StudyCallback(Callback):
             return
         for earlier in json.loads(result.get("resumed_history") or "[]"):
             self._log_epoch(run_id, earlier)  # epochs whose logging a killed driver missed
-        if result.get("node_ip") and self._last_step.get(run_id, 0) == 0:
-            self.client.set_tag(run_id, "node_ip", str(result["node_ip"]))  # where it trained
         metrics = dict(result)
         if "time_this_iter_s" in result:
             metrics["epoch_seconds"] = result["time_this_iter_s"]
@@ -137,8 +135,10 @@ class StudyCallback(Callback):
         if epoch <= self._last_step.get(run_id, 0):
             return  # a step already logged before an interruption
         metrics = {k: result[k] for k in (*tracking.METRIC_KEYS, "epoch_seconds") if k in result}
-        tracking.log_metrics(self.client, run_id, metrics, step=epoch)
-        self.client.set_tag(run_id, "epochs_logged", str(epoch))
+        tags = {"epochs_logged": str(epoch)}
+        if result.get("node_ip"):
+            tags["node_ip"] = str(result["node_ip"])  # where it trained
+        tracking.log_metrics(self.client, run_id, metrics, step=epoch, tags=tags)  # one request
         self._last_step[run_id] = epoch
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:

@@ -172,10 +172,18 @@ def log_json(c, run_id: str, payload: Any, name: str) -> None:
         c.log_artifact(run_id, str(path))
 
 
-def log_metrics(c, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
-    from mlflow.entities import Metric
+def log_metrics(
+    c,
+    run_id: str,
+    metrics: dict[str, float],
+    step: int | None = None,
+    tags: dict[str, str] | None = None,
+) -> None:
+    """Metrics (and tags) in one request per 900 metrics: the driver's per-epoch write."""
+    from mlflow.entities import Metric, RunTag
 
     now = int(time.time() * 1000)
     batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
-    for start in range(0, len(batch), 900):
-        c.log_batch(run_id, metrics=batch[start : start + 900])
+    run_tags = [RunTag(k, v) for k, v in (tags or {}).items()]
+    for start in range(0, max(len(batch), 1), 900):
+        c.log_batch(run_id, metrics=batch[start : start + 900], tags=run_tags if start == 0 else [])
