@@ -318,11 +318,8 @@ def summarise(
 ) -> dict[str, Any]:
     """Counts from the invocation's MLflow children; the study's best trial scored on test."""
     c = tracking.client(uri)
-    children = [
-        r
-        for r in tracking.study_runs(c, experiment_id, study_name, role="trial")
-        if r.data.tags.get("mlflow.parentRunId") == parent_id
-    ]
+    trial_runs = tracking.study_runs(c, experiment_id, study_name, role="trial")  # read once
+    children = [r for r in trial_runs if r.data.tags.get("mlflow.parentRunId") == parent_id]
     by_status: dict[str, int] = {}
     stops: dict[int, int] = {}
     spent = without = 0
@@ -353,11 +350,7 @@ def summarise(
     if not complete:
         return summary
     best = study.best_trial
-    runs = [
-        r
-        for r in tracking.study_runs(c, experiment_id, study_name, role="trial")
-        if r.data.tags.get("optuna_trial") == str(best.number)
-    ]
+    runs = [r for r in trial_runs if r.data.tags.get("optuna_trial") == str(best.number)]
     if not runs or "checkpoint" not in runs[0].data.tags:
         return summary
     run = runs[0]
@@ -377,7 +370,7 @@ def summarise(
     c.set_tag(parent_id, "best_trial", str(best.number))
     c.set_tag(parent_id, "best_run", run.info.run_id)
     if data.test is not None:
-        score_group_bests(c, experiment_id, study_name, search, data)
+        score_group_bests(c, trial_runs, search, data)
     return summary
 
 
@@ -400,14 +393,14 @@ def score_checkpoint(
     return config, ckpt, scores
 
 
-def score_group_bests(c, experiment_id: str, study_name: str, search, data: Dataset) -> None:
+def score_group_bests(c, trial_runs: list, search, data: Dataset) -> None:
     """The best trial of each model x loss group gets its test scores, for the family report.
 
     Selection stays on val; test only describes the group's best, once per trial.
     """
     groups: dict[tuple[str, str], Any] = {}
     pick = max if search.mode == "max" else min
-    for run in tracking.study_runs(c, experiment_id, study_name, role="trial"):
+    for run in trial_runs:
         tags, value = run.data.tags, run.data.metrics.get(search.metric)
         ok = tags.get("status") == "completed" or tags.get("status", "").startswith("stopped")
         if not ok or value is None or not math.isfinite(value) or "checkpoint" not in tags:
