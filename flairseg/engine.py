@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from flairseg import metrics as M
-from flairseg.augment import augment
+from flairseg.augment import augment, draw
 from flairseg.config import TrainConfig
 from flairseg.dataset import Dataset, Part
 from flairseg.errors import ConfigError
@@ -48,22 +48,57 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """Mixed precision on CUDA (bf16 where supported, else fp16); plain fp32 elsewhere."""
-    if device.type != "cuda":
+@dataclass(frozen=True)
+class Speed:
+    """How a run executes on its device. None of it is a hyperparameter or changes one.
+
+    `fast` (the default) is the fast path. On CUDA that means bf16 autocast (fp16 with
+    loss scaling where bf16 is missing), channels_last convolutions, cuDNN autotuning,
+    and data and augmentation kept on the device. On the CPU it means channels_last
+    convolutions (oneDNN's fast layout). `fast=False` is plain fp32 in the default
+    layout: the reference the fast path is checked against (benchmarks.train_step).
+    `compile` wraps the model in `torch.compile`; the first steps then pay the
+    compile time.
+    """
+
+    fast: bool = True
+    compile: bool = False
+
+
+FAST = Speed()  # the default
+
+
+def _amp_dtype(device: torch.device, speed: Speed) -> torch.dtype | None:
+    if device.type != "cuda" or not speed.fast:
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _autocast(device: torch.device, amp: bool = True) -> contextlib.AbstractContextManager:
+    """Mixed precision on CUDA (bf16 where supported, else fp16) when `amp`; else nothing."""
+    dtype = _amp_dtype(device, Speed(fast=amp))
+    if dtype is None:
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast("cuda", dtype=dtype)
 
 
+def _memory_format(speed: Speed) -> torch.memory_format:
+    return torch.channels_last if speed.fast else torch.contiguous_format
+
+
 @torch.no_grad()
-def predict_probs(model: nn.Module, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-    """sigmoid(model(images)) in float32 on the images' device; shape (N, 1, H, W)."""
+def predict_probs(
+    model: nn.Module, images: torch.Tensor, batch_size: int = 32, amp: bool = True
+) -> torch.Tensor:
+    """sigmoid(model(images)) in float32 on the images' device; shape (N, 1, H, W).
+
+    `amp`: mixed precision on CUDA (see Speed); off, the model runs in fp32.
+    """
     model.eval()
     device = images.device
     out = []
     for start in range(0, len(images), batch_size):
-        with _autocast(device):
+        with _autocast(device, amp):
             logits = model(images[start : start + batch_size])
         out.append(torch.sigmoid(logits.float()))
     return torch.cat(out) if out else images.new_zeros((0, 1, *images.shape[2:]))
@@ -77,19 +112,20 @@ def evaluate(
     prefix: str,
     device: torch.device | str = "cpu",
     batch_size: int = 32,
+    amp: bool = True,
 ) -> dict[str, float]:
     """Loss, micro scores over every pixel of `part`, and the mean per-patient volume Dice.
 
     Keys: {prefix}_loss, {prefix}_pixel_accuracy, {prefix}_mean_accuracy, {prefix}_iou,
-    {prefix}_dice, {prefix}_volume_dice.
+    {prefix}_dice, {prefix}_volume_dice. `amp` as in `predict_probs`.
     """
     model.eval()
     device = torch.device(device)
     loss_sum, counts = 0.0, []
     for start in range(0, len(part), batch_size):
-        index = torch.arange(start, min(start + batch_size, len(part)))
+        index = torch.arange(start, min(start + batch_size, len(part)), device=part.images.device)
         x, y = part.batch(index, device)
-        with _autocast(device):
+        with _autocast(device, amp):
             logits = model(x)
         loss_sum += float(loss_fn(logits, y)) * len(index)
         counts.append(M.confusion(torch.sigmoid(logits.float()), y))
@@ -162,13 +198,15 @@ class EpochReport:
     metrics: dict[str, float]
     state: TrainState
     device: torch.device
+    speed: Speed = FAST
 
     def save_checkpoint(self, path: str | os.PathLike) -> Path:
         return self.state.save(path)
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Probabilities (N, 1, H, W) on the CPU for standardised images (N, C, H, W)."""
-        return predict_probs(self.state.model, images.to(self.device)).cpu()
+        model, amp = self.state.model, self.speed.fast
+        return predict_probs(model, images.to(self.device), amp=amp).cpu()
 
 
 @dataclass
@@ -194,71 +232,115 @@ class TrainResult:
 EpochCallback = Callable[[EpochReport], bool | None]
 
 
+class Trainer:
+    """One run's model, optimizer, loss and training step on one device.
+
+    `train` drives it one epoch at a time; `benchmarks.train_step` times the same
+    `train_epoch`. Seeds everything from `config.seed` when it is built.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        device: str | torch.device | None = None,
+        speed: Speed = FAST,
+    ) -> None:
+        self.device = device = pick_device(device)
+        self.speed = speed
+        seed_everything(config.seed)
+        model = config.build_model().to(device, memory_format=_memory_format(speed))
+        self.state = TrainState(
+            config,
+            model,
+            torch.optim.Adam(model.parameters(), lr=config.lr),
+            torch.Generator().manual_seed(config.seed),
+        )
+        self.loss_fn = build_loss(config.loss, config.alpha)
+        self.amp_dtype = _amp_dtype(device, speed)
+        # fp16 needs loss scaling; bf16 and fp32 do not
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        if device.type == "cuda" and speed.fast:
+            torch.backends.cudnn.benchmark = True  # same shapes every step: autotune once
+        # compile the forward only: the state keeps the plain module (checkpoint keys as usual)
+        self.forward = torch.compile(model) if speed.compile else model
+
+    def to_device(self, part: Part) -> Part:
+        """`part` where the step wants it: resident on CUDA, left in place on the CPU."""
+        return part.to(self.device) if self.device.type == "cuda" else part
+
+    def train_epoch(self, part: Part) -> float:
+        """One pass over `part` in a fresh random order; the mean train loss.
+
+        The order and the augmentation numbers are drawn on the CPU once per epoch and
+        moved to the device once, so a batch costs no host-device copy or sync: the loss
+        is summed on the device and read once at the end.
+        """
+        state, device, config = self.state, self.device, self.state.config
+        state.model.train()
+        order = torch.randperm(len(part), generator=state.generator)
+        draws = draw(len(order), state.generator) if config.augment else None
+        order = order.to(part.images.device, non_blocking=True)
+        if draws is not None:
+            draws = draws.to(device, non_blocking=True)
+        memory_format = _memory_format(self.speed)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        for start in range(0, len(order), config.batch_size):
+            index = order[start : start + config.batch_size]
+            x, y = part.batch(index, device)
+            if draws is not None:
+                x, y = augment(x, y, draws[start : start + config.batch_size])
+            x = x.contiguous(memory_format=memory_format)
+            with _autocast(device, self.speed.fast):
+                logits = self.forward(x)
+            loss = self.loss_fn(logits, y)
+            state.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(state.optimizer)
+            self.scaler.update()
+            loss_sum += loss.detach().double() * len(index)
+        return float(loss_sum) / max(len(order), 1)
+
+
 def train(
     config: TrainConfig,
     data: Dataset,
     on_epoch: EpochCallback | None = None,
     resume: dict[str, Any] | str | os.PathLike | None = None,
     device: str | torch.device | None = None,
+    speed: Speed = FAST,
 ) -> TrainResult:
     """Train `config` on `data.train`, scoring `data.val` after every epoch.
 
     `on_epoch(report)` may return True to stop after that epoch. `resume` (a checkpoint
     or its path) continues a run from its last finished epoch; the rest of the run is
-    then the same as if it had never stopped. Raises DivergedError on a NaN loss.
+    then the same as if it had never stopped. `speed` chooses how it runs (see Speed),
+    not what it learns. Raises DivergedError on a NaN loss.
     """
     if data.image_size != config.image_size or data.channels != config.channels:
         raise ConfigError(
             f"data is {data.image_size} px x {data.channels} channels but the config asks for "
             f"image_size={config.image_size}, channels={config.channels}"
         )
-    device = pick_device(device)
-    seed_everything(config.seed)
-    model = config.build_model().to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    generator = torch.Generator().manual_seed(config.seed)
-    state = TrainState(
-        config,
-        model,
-        optimizer,
-        generator,
-        extra={"split": data.split.to_dict(), "fingerprint": data.fingerprint},
-    )
+    trainer = Trainer(config, device, speed)
+    state, device = trainer.state, trainer.device
+    state.extra = {"split": data.split.to_dict(), "fingerprint": data.fingerprint}
     if resume is not None:
         _restore(state, resume if isinstance(resume, dict) else load_checkpoint(resume))
-    loss_fn = build_loss(config.loss, config.alpha)
-    # fp16 needs loss scaling; bf16 and fp32 do not
-    scaler = torch.amp.GradScaler(
-        "cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported()
-    )
-    train_part = data.train.to(device) if device.type == "cuda" else data.train
+    train_part, val_part = trainer.to_device(data.train), trainer.to_device(data.val)
     started = time.perf_counter()
     stopped_early = False
     for epoch in range(state.epoch + 1, config.epochs + 1):
-        model.train()
-        order = torch.randperm(len(train_part), generator=generator)
-        loss_sum = 0.0
-        for start in range(0, len(order), config.batch_size):
-            index = order[start : start + config.batch_size]
-            x, y = train_part.batch(index, device)
-            if config.augment:
-                x, y = augment(x, y, generator)
-            with _autocast(device):
-                logits = model(x)
-            loss = loss_fn(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            loss_sum += loss.item() * len(index)  # a CPU-GPU sync point, once per batch
-        train_loss = loss_sum / len(order)
+        train_loss = trainer.train_epoch(train_part)
         if not math.isfinite(train_loss):
             raise DivergedError(f"train loss became {train_loss} at epoch {epoch} (lr={config.lr})")
         metrics = {"epoch": epoch, "train_loss": train_loss}
-        metrics.update(evaluate(model, data.val, loss_fn, "val", device))
+        metrics.update(
+            evaluate(state.model, val_part, trainer.loss_fn, "val", device, amp=speed.fast)
+        )
         state.epoch = epoch
         state.history.append(metrics)
-        if on_epoch is not None and on_epoch(EpochReport(epoch, metrics, state, device)):
+        report = EpochReport(epoch, metrics, state, device, speed)
+        if on_epoch is not None and on_epoch(report):
             stopped_early = epoch < config.epochs
             break
     return TrainResult(

@@ -21,7 +21,7 @@ from typing import Any
 from flairseg.config import TrainConfig, field_types
 from flairseg.data import cache_dir
 from flairseg.dataset import load_dataset
-from flairseg.engine import DivergedError, EpochReport, evaluate, pick_device, train
+from flairseg.engine import DivergedError, EpochReport, Speed, evaluate, pick_device, train
 from flairseg.errors import ArgumentParser, ConfigError, DataError, run_cli
 from flairseg.files import atomic_write
 from flairseg.losses import build_loss
@@ -59,6 +59,22 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(
                 flag, type=kind, default=None, metavar=name.upper(), help=f"(default: {shown})"
             )
+
+
+def add_speed_flags(parser: argparse.ArgumentParser) -> None:
+    """--no-fast-path and --compile: how a run executes (flairseg.engine.Speed)."""
+    parser.add_argument(
+        "--no-fast-path",
+        action="store_true",
+        help="plain fp32 in the default memory layout (the reference the fast path is checked against)",
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the model (costs compile time first)"
+    )
+
+
+def speed_from_args(args: argparse.Namespace) -> Speed:
+    return Speed(fast=not args.no_fast_path, compile=args.compile)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -101,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--resume", metavar="FILE", help="continue from a checkpoint of the same config"
     )
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    add_speed_flags(parser)
     args = parser.parse_args(argv)
 
     config = config_from_args(args)
@@ -125,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             on_epoch=lambda report: print_epoch(report, config.epochs, started),
             resume=args.resume,
             device=device,
+            speed=speed_from_args(args),
         )
     except DivergedError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -132,7 +150,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     scores: dict[str, Any] = dict(result.metrics)
     if data.test is not None:
         scores.update(
-            evaluate(result.model, data.test, build_loss(config.loss, config.alpha), "test", device)
+            evaluate(
+                result.model,
+                data.test,
+                build_loss(config.loss, config.alpha),
+                "test",
+                device,
+                amp=not args.no_fast_path,
+            )
         )
     if args.checkpoint:
         result.state.save(args.checkpoint)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -38,7 +39,7 @@ from typing import Any
 from flairseg.config import TrainConfig
 from flairseg.data import load_slices
 from flairseg.dataset import Dataset, make_dataset
-from flairseg.engine import evaluate, load_checkpoint, model_from_checkpoint
+from flairseg.engine import FAST, Speed, evaluate, load_checkpoint, model_from_checkpoint
 from flairseg.errors import ArgumentParser, ConfigError, run_cli
 from flairseg.losses import build_loss
 from flairseg.train import default_data, write_json
@@ -94,6 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto: laptop without GPU or --address, else full",
     )
     p.add_argument("--status-every", type=float, default=30.0, help="seconds between status lines")
+    p.add_argument(
+        "--no-fast-path",
+        action="store_true",
+        help="trials train in plain fp32, default layout (the fast path's reference)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="trials torch.compile their model (compile time first)",
+    )
     return p
 
 
@@ -215,6 +226,23 @@ def gpus_per_trial(search: searches.Search) -> float:
     return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
 
 
+def pack_gpus(search: searches.Search) -> searches.Search:
+    """With a fraction of a GPU per trial, run as many at once as the cluster's GPUs hold.
+
+    `--gpus-per-trial 0.25` on one GPU means four trials side by side; the search's
+    concurrency would otherwise cap them (an explicit --concurrency still wins).
+    """
+    gpus = gpus_per_trial(search)
+    if not 0 < gpus < 1:
+        return search
+    import ray
+
+    fits = int(ray.cluster_resources().get("GPU", 0) / gpus + 1e-9)
+    if fits <= search.concurrency:
+        return search
+    return dataclasses.replace(search, concurrency=fits)
+
+
 def make_tuner(
     search: searches.Search,
     data: Dataset,
@@ -225,6 +253,7 @@ def make_tuner(
     trials: int,
     seed: int,
     resume: bool,
+    speed: Speed = FAST,
 ):
     import optuna
     from ray import tune
@@ -235,7 +264,7 @@ def make_tuner(
 
     gpus = gpus_per_trial(search)
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, data=data, threads=max(1, int(search.cpus))),
+        tune.with_parameters(run_trial, data=data, threads=max(1, int(search.cpus)), speed=speed),
         {"cpu": search.cpus, "gpu": gpus},
     )
     if resume:
@@ -574,6 +603,8 @@ def _run(
         )
     c = tracking.client(uri)
     start_ray(args.address)
+    if args.concurrency is None:
+        search = pack_gpus(search)
 
     if pending is not None and not resume:
         killed_trials = ledger.close_out_trials(study)
@@ -698,7 +729,16 @@ def _run(
     # the sampler's seed moves with the study's history, so an extension does not replay
     sampler_seed = args.seed + len(study.trials)
     tuner, gpus = make_tuner(
-        search, data, study_name, storage, record.path, callback, trials, sampler_seed, resume
+        search,
+        data,
+        study_name,
+        storage,
+        record.path,
+        callback,
+        trials,
+        sampler_seed,
+        resume,
+        Speed(fast=not args.no_fast_path, compile=args.compile),
     )
     _banner(
         search,

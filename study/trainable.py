@@ -21,7 +21,7 @@ from ray import tune
 
 from flairseg.config import TrainConfig
 from flairseg.dataset import Dataset
-from flairseg.engine import EpochReport, load_checkpoint, train
+from flairseg.engine import FAST, EpochReport, Speed, load_checkpoint, train
 from flairseg.evolution import Evolution, pick_slices
 
 STATE_FILE = "state.pt"
@@ -29,8 +29,12 @@ EVOLUTION_FILE = "evolution.npz"
 EVOLUTION_SLICES = 4
 
 
-def run_trial(config: dict[str, Any], data: Dataset, threads: int = 1) -> None:
-    """The Tune function trainable (kept in the installed package so workers can import it)."""
+def run_trial(config: dict[str, Any], data: Dataset, threads: int = 1, speed: Speed = FAST) -> None:
+    """The Tune function trainable (kept in the installed package so workers can import it).
+
+    `threads`: torch's intra-op threads, the CPUs Ray gave the trial, so trials side by
+    side do not oversubscribe the machine. `speed`: the engine's fast path and compile flag.
+    """
     torch.set_num_threads(max(1, int(threads)))
     train_config = TrainConfig.from_dict(config["flairseg"])
     index = pick_slices(data.val, EVOLUTION_SLICES)
@@ -63,4 +67,4 @@ def run_trial(config: dict[str, Any], data: Dataset, threads: int = 1) -> None:
             )
         backfill.clear()
 
-    train(train_config, data, on_epoch=on_epoch, resume=resume)
+    train(train_config, data, on_epoch=on_epoch, resume=resume, speed=speed)

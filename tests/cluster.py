@@ -147,8 +147,14 @@ class RayNode:
     """`ray start ... --block` as a child process: the node lives and dies with it."""
 
     def __init__(
-        self, ip: str, cpus: int, head_port: int | None = None, address: str | None = None
+        self,
+        ip: str,
+        cpus: int,
+        head_port: int | None = None,
+        address: str | None = None,
+        gpus: int = 0,
     ) -> None:
+        """`gpus` declares GPUs to Ray's scheduler; none need be present (trials then use the CPU)."""
         self.ip = ip
         argv = [
             "ray",
@@ -156,7 +162,7 @@ class RayNode:
             "--block",
             f"--node-ip-address={ip}",
             f"--num-cpus={cpus}",
-            "--num-gpus=0",
+            f"--num-gpus={gpus}",
         ]
         if address is None:
             argv += ["--head", f"--port={head_port}", "--include-dashboard=false"]

@@ -1,0 +1,64 @@
+"""The fast path (flairseg.engine.Speed): same numbers as the plain fp32 path, within noise.
+
+On the CPU the fast path is channels_last convolutions, which changes the order of float
+sums and nothing else; `torch.compile` fuses kernels. Both must train the same model as
+the reference path does, and save checkpoints a plain model loads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from flairseg.augment import augment, draw
+from flairseg.config import TrainConfig
+from flairseg.dataset import load_dataset
+from flairseg.engine import Speed, Trainer, load_checkpoint, model_from_checkpoint, train
+
+
+def test_an_epochs_augmentation_drawn_at_once_equals_batch_by_batch() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(20, 3, 16, 16)
+    y = (torch.rand(20, 1, 16, 16) > 0.8).float()
+    g = torch.Generator().manual_seed(5)
+    by_batch = [augment(x[i : i + 8], y[i : i + 8], g) for i in range(0, 20, 8)]
+    draws = draw(20, torch.Generator().manual_seed(5))
+    at_once = [augment(x[i : i + 8], y[i : i + 8], draws[i : i + 8]) for i in range(0, 20, 8)]
+    for (xa, ya), (xb, yb) in zip(by_batch, at_once, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_fast_path_trains_the_same_model_as_the_reference(phantom_dir: Path) -> None:
+    config = TrainConfig(image_size=32, width=8, epochs=2, seed=3)
+    data = load_dataset(phantom_dir, config)
+    fast = train(config, data, speed=Speed())
+    plain = train(config, data, speed=Speed(fast=False))
+    for a, b in zip(fast.history, plain.history, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-3)
+    fast_w = fast.model.state_dict()
+    for key, value in plain.model.state_dict().items():
+        assert torch.allclose(fast_w[key].float(), value.float(), rtol=1e-2, atol=1e-2), key
+    # and the fast path really ran: its convolution weights are channels_last
+    conv = fast.model.down[0][0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    assert not plain.model.down[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_compiled_model_trains_alike_and_saves_a_plain_checkpoint(
+    phantom_dir: Path, tmp_path: Path
+) -> None:
+    config = TrainConfig(image_size=32, width=4, batch_size=8, epochs=1, seed=1, augment=False)
+    data = load_dataset(phantom_dir, config)
+    compiled = Trainer(config, speed=Speed(compile=True))
+    assert compiled.forward is not compiled.state.model
+    loss_compiled = compiled.train_epoch(data.train)
+    loss_plain = Trainer(config, speed=Speed(fast=False)).train_epoch(data.train)
+    assert loss_compiled == pytest.approx(loss_plain, rel=1e-3)
+    compiled.state.extra = {"split": data.split.to_dict(), "fingerprint": data.fingerprint}
+    path = compiled.state.save(tmp_path / "state.pt")
+    ckpt = load_checkpoint(path)
+    assert not any(k.startswith("_orig_mod") for k in ckpt["model"])
+    model_from_checkpoint(ckpt)  # a plain model takes the weights
