@@ -9,6 +9,11 @@ default, no early stopping, concurrency 2) runs through `python -m study.run --a
 first on the head alone, then with the second node joined. The whole `study.run` process is
 timed (connecting, data to the object store, MLflow, the final test scoring and report
 included), and Tune's fit time from its summary is shown beside it.
+
+First, as the machine's own bound, the same trial trains in a plain process (no Ray, one
+thread) alone and then two such processes side by side: on a machine whose cores slow
+each other down (shared caches, memory bandwidth, a VM's vCPUs) no scheduler can scale
+better than that pair does.
 """
 
 from __future__ import annotations
@@ -58,6 +63,41 @@ def study(folder: Path, address: str, name: str, trials: int, epochs: int) -> tu
     return time.perf_counter() - started, json.loads(out.read_text())
 
 
+def plain_epochs(epochs: int) -> float:
+    """Seconds per epoch of one trial in this process: 1 thread, no Ray (median epoch)."""
+    import torch
+
+    from flairseg.config import TrainConfig
+    from flairseg.dataset import load_dataset
+    from flairseg.engine import train
+
+    torch.set_num_threads(1)
+    config = TrainConfig(
+        model="unet", loss="combo", lr=1e-3, image_size=64, width=16, epochs=epochs
+    )
+    data = load_dataset(default_data(), config)
+    marks = [time.perf_counter()]
+    train(config, data, on_epoch=lambda report: marks.append(time.perf_counter()))
+    steps = sorted(b - a for a, b in zip(marks, marks[1:], strict=False))
+    return steps[len(steps) // 2]
+
+
+def machine_bound(epochs: int) -> tuple[float, list[float]]:
+    """Epoch seconds of a plain trial alone, then of two running side by side."""
+    code = f"from benchmarks.cluster_scaling import plain_epochs; print(plain_epochs({epochs}))"
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+
+    def result(proc: subprocess.Popen) -> float:
+        out, _ = proc.communicate()
+        return float(out.strip().splitlines()[-1])
+
+    alone = result(start())
+    pair = [start(), start()]
+    return alone, [result(p) for p in pair]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=8)
@@ -65,6 +105,8 @@ def main() -> None:
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args()
     default_data()  # generated before any timing
+    alone, pair = machine_bound(min(args.epochs, 10))
+    bound = max(pair) / alone / 2
     with tempfile.TemporaryDirectory(prefix="flairseg-scaling-") as tmp:
         folder = Path(tmp)
         head = RayNode("127.0.0.2", cpus=1, head_port=free_port("127.0.0.2"))
@@ -79,6 +121,11 @@ def main() -> None:
             if node is not None:
                 node.close()
             head.close()
+    print(
+        f"the machine's bound: a plain trial's epoch takes {alone:.2f} s alone and "
+        f"{pair[0]:.2f} / {pair[1]:.2f} s with a second beside it, so two cores give at best "
+        f"{bound:.2f}x the time of one"
+    )
     print(f"{args.trials} trials x {args.epochs} epochs, 64 px, U-Net width 16, 1 CPU per trial")
     print(f"{'':<22}{'study.run s':>12}{'ratio':>8}{'Tune fit s':>12}{'ratio':>8}")
     print(f"{'one node, 1 CPU':<22}{one_s:>12.1f}{1.0:>8.2f}{one['seconds']:>12.1f}{1.0:>8.2f}")
@@ -96,6 +143,9 @@ def main() -> None:
                 "two_nodes_s": round(two_s, 1),
                 "ratio": round(two_s / one_s, 3),
                 "fit_ratio": round(two["seconds"] / one["seconds"], 3),
+                "plain_epoch_s_alone": round(alone, 3),
+                "plain_epoch_s_side_by_side": [round(t, 3) for t in pair],
+                "machine_bound_ratio": round(bound, 3),
             },
         )
 
