@@ -238,6 +238,8 @@ def step_section(args: argparse.Namespace, device: torch.device) -> list[dict[st
                 "steps": args.steps,
                 "warmup": args.warmup,
                 "flops": variant in ("plain", "fast"),
+                # the seed's SETR fits only num_cuts = image_size / 16 (8 at 128 px): the same here
+                "knobs": {"num_cuts": args.image_size // 16} if model == "setr" else {},
             }
             print(f"  {model}: {LABELS[variant]} ...", flush=True)
             if variant == "compile":
@@ -346,13 +348,16 @@ def agreement_section(args: argparse.Namespace, device: torch.device) -> dict[st
 
 def packing_section(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """k processes side by side, each training trials back to back (a reused Ray actor)."""
-    total = args.packing_trials
+    total = max(4, args.packing_trials // 4 * 4)  # the same trials at every packing
     rows = {}
     for k in (1, 2, 4):
         spec = {
             "device": str(device),
             "trials": total // k,
             "epochs": args.packing_epochs,
+            "width": args.packing_width,
+            # the CPUs shared out as Ray would (cpus per trial), never oversubscribed
+            "threads": max(1, (os.cpu_count() or 1) // k),
         }
         procs = [
             subprocess.Popen(
@@ -366,7 +371,8 @@ def packing_section(args: argparse.Namespace, device: torch.device) -> dict[str,
         wall = max(s["end"] for s in spans) - min(s["start"] for s in spans)
         rows[k] = {"wall_s": round(wall, 2), "trials_per_hour": round(total / wall * 3600, 1)}
     print(
-        f"\npacking, {total} trials of a 64 px seed U-Net x {args.packing_epochs} epochs on one "
+        f"\npacking, {total} trials of a 64 px U-Net (width {args.packing_width or 64}) x "
+        f"{args.packing_epochs} epochs on one "
         f"{bf16_peak(device)[0]}"
     )
     for k, r in rows.items():
@@ -380,8 +386,9 @@ def packing_section(args: argparse.Namespace, device: torch.device) -> dict[str,
 
 
 def trial_slot(spec: dict[str, Any]) -> dict[str, Any]:
+    torch.set_num_threads(spec["threads"])
     device = pick_device(spec["device"])
-    config = TrainConfig(image_size=64, epochs=spec["epochs"])
+    config = TrainConfig(image_size=64, epochs=spec["epochs"], width=spec.get("width"))
     data = load_dataset(default_data(), config)
     torch.zeros(1, device=device)  # the CUDA context before the clock starts
     start = time.time()
@@ -410,6 +417,7 @@ def main() -> None:
     p.add_argument("--packing", action="store_true", help="trials/hour at 1, 2 and 4 per device")
     p.add_argument("--packing-trials", type=int, default=8)
     p.add_argument("--packing-epochs", type=int, default=30)
+    p.add_argument("--packing-width", type=int, help="U-Net width (default: the seed's 64)")
     p.add_argument("--json", help="write every figure here")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--trial-slot", help=argparse.SUPPRESS)
