@@ -21,36 +21,13 @@ pytestmark = pytest.mark.slow
 
 def test_train_step_benchmark_writes_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "train_step.json"
+    flags = (
+        "--device cpu --image-size 32 --steps 1 --warmup 1 --threads --thread-steps 2 "
+        "--agreement --agreement-epochs 1 --seeds 2 "
+        "--packing --packing-trials 4 --packing-epochs 1 --packing-width 4"
+    )
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.train_step",
-            "--device",
-            "cpu",
-            "--image-size",
-            "32",
-            "--steps",
-            "1",
-            "--warmup",
-            "1",
-            "--compile",
-            "--threads",
-            "--thread-steps",
-            "2",
-            "--agreement",
-            "--agreement-epochs",
-            "1",
-            "--seeds",
-            "2",
-            "--packing",
-            "--packing-trials",
-            "4",
-            "--packing-epochs",
-            "1",
-            "--json",
-            str(out),
-        ],  # fmt: skip
+        [sys.executable, "-m", "benchmarks.train_step", *flags.split(), "--json", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
