@@ -687,6 +687,8 @@ def _run(
                     "cpus_per_trial": search.cpus,
                     "sampler_seed": args.seed,
                     "profile": profile,
+                    "fast_path": not args.no_fast_path,
+                    "compile": args.compile,
                 }.items()
             ],
         )
