@@ -54,9 +54,10 @@ class Speed:
 
     `fast` (the default) is the fast path. On CUDA that means bf16 autocast (fp16 with
     loss scaling where bf16 is missing), channels_last convolutions, cuDNN autotuning,
-    the fused Adam kernel, and data and augmentation kept on the device. On the CPU it means channels_last
-    convolutions (oneDNN's fast layout). `fast=False` is plain fp32 in the default
-    layout: the reference the fast path is checked against (benchmarks.train_step).
+    the fused Adam kernel, and data and augmentation kept on the device. On the CPU it
+    means channels_last convolutions (oneDNN's fast layout). `fast=False` is plain fp32
+    in the default layout: the reference the fast path is checked against
+    (benchmarks.train_step).
     `compile` wraps the model in `torch.compile`; the first steps then pay the
     compile time.
     """
