@@ -128,7 +128,7 @@ def evaluate(
         x, y = part.batch(index, device)
         with _autocast(device, amp):
             logits = model(x)
-        loss_sum += float(loss_fn(logits, y)) * len(index)
+        loss_sum += float(loss_fn(logits.float(), y)) * len(index)
         counts.append(M.confusion(torch.sigmoid(logits.float()), y))
     per_slice = M.Confusion.cat(counts)
     result = {f"{prefix}_loss": loss_sum / max(len(part), 1)}
@@ -296,7 +296,7 @@ class Trainer:
             x = x.contiguous(memory_format=memory_format)
             with _autocast(device, self.speed.fast):
                 logits = self.forward(x)
-            loss = self.loss_fn(logits, y)
+            loss = self.loss_fn(logits.float(), y)  # the loss in fp32 under bf16 autocast
             state.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(state.optimizer)
