@@ -28,27 +28,13 @@ from pathlib import Path
 
 import yaml
 
+from benchmarks.study_overhead import fixed_points_search, trial_config
 from flairseg.train import default_data, write_json
 from tests.cluster import RAY_ENV, RayNode, free_port, wait_nodes
 
 
 def study(folder: Path, address: str, name: str, trials: int, epochs: int) -> tuple[float, dict]:
-    search = {
-        "description": "cluster scaling benchmark",
-        "fixed": {
-            "model": "unet",
-            "loss": "combo",
-            "lr": 0.001,
-            "image_size": 64,
-            "unet": {"width": 16},
-        },
-        "space": {"alpha": {"uniform": [0.0, 1.0]}},
-        "points": [{"alpha": round(0.1 + 0.8 * i / max(trials - 1, 1), 4)} for i in range(trials)],
-        "trials": trials,
-        "asha": {"enabled": False, "max_epochs": epochs},
-        "concurrency": 2,
-        "resources": {"cpus": 1, "gpus": 0},
-    }
+    search = fixed_points_search("cluster scaling benchmark", trials, epochs, 64, 2, 1)
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(search))
     out = folder / f"{name}.json"
@@ -67,14 +53,11 @@ def plain_epochs(epochs: int) -> float:
     """Seconds per epoch of one trial in this process: 1 thread, no Ray (median epoch)."""
     import torch
 
-    from flairseg.config import TrainConfig
     from flairseg.dataset import load_dataset
     from flairseg.engine import train
 
     torch.set_num_threads(1)
-    config = TrainConfig(
-        model="unet", loss="combo", lr=1e-3, image_size=64, width=16, epochs=epochs
-    )
+    config = trial_config(epochs, 64)
     data = load_dataset(default_data(), config)
     marks = [time.perf_counter()]
     train(config, data, on_epoch=lambda report: marks.append(time.perf_counter()))

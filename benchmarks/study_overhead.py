@@ -41,21 +41,19 @@ def alphas(n: int) -> list[float]:
     return [round(0.1 + 0.8 * i / max(n - 1, 1), 4) for i in range(n)]
 
 
-def plain(data_dir: Path, n: int, epochs: int, size: int) -> float:
-    torch.set_num_threads(2)
-    base = TrainConfig(
+def trial_config(epochs: int, size: int) -> TrainConfig:
+    """The benchmark's trial: U-Net width 16, Combo loss, lr 1e-3 (alpha varies by trial)."""
+    return TrainConfig(
         model="unet", width=16, loss="combo", lr=1e-3, epochs=epochs, image_size=size
     )
-    data = load_dataset(data_dir, base)
-    started = time.perf_counter()
-    for alpha in alphas(n):
-        train(base.replace(alpha=alpha), data)
-    return time.perf_counter() - started
 
 
-def study(data_dir: Path, n: int, epochs: int, size: int, folder: Path) -> tuple[float, dict]:
-    search = {
-        "description": "overhead benchmark: fixed points, no early stopping",
+def fixed_points_search(
+    description: str, n: int, epochs: int, size: int, concurrency: int, cpus: int
+) -> dict:
+    """`trial_config` at `alphas(n)` as a search file: fixed points, no early stopping."""
+    return {
+        "description": description,
         "fixed": {
             "model": "unet",
             "loss": "combo",
@@ -67,9 +65,25 @@ def study(data_dir: Path, n: int, epochs: int, size: int, folder: Path) -> tuple
         "points": [{"alpha": a} for a in alphas(n)],
         "trials": n,
         "asha": {"enabled": False, "max_epochs": epochs},
-        "concurrency": 1,
-        "resources": {"cpus": 2, "gpus": 0},
+        "concurrency": concurrency,
+        "resources": {"cpus": cpus, "gpus": 0},
     }
+
+
+def plain(data_dir: Path, n: int, epochs: int, size: int) -> float:
+    torch.set_num_threads(2)
+    base = trial_config(epochs, size)
+    data = load_dataset(data_dir, base)
+    started = time.perf_counter()
+    for alpha in alphas(n):
+        train(base.replace(alpha=alpha), data)
+    return time.perf_counter() - started
+
+
+def study(data_dir: Path, n: int, epochs: int, size: int, folder: Path) -> tuple[float, dict]:
+    search = fixed_points_search(
+        "overhead benchmark: fixed points, no early stopping", n, epochs, size, 1, 2
+    )
     path = folder / "overhead.yaml"
     path.write_text(yaml.safe_dump(search))
     out = folder / "summary.json"

@@ -98,12 +98,6 @@ def subset(part: Part, n: int) -> Part:
     )
 
 
-def config_for(model: str, image_size: int, batch_size: int, augment: bool, **knobs) -> TrainConfig:
-    return TrainConfig(
-        model=model, image_size=image_size, batch_size=batch_size, augment=augment, **knobs
-    )
-
-
 def count_flops(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn) -> int:
     """FLOPs of one forward and backward pass (convolutions, matmuls, attention)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -125,8 +119,13 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     device = pick_device(spec["device"])
     variant, model_name = spec["variant"], spec["model"]
     size, batch = spec["image_size"], spec["batch_size"]
-    knobs = spec.get("knobs", {})
-    config = config_for(model_name, size, batch, variant == "augment", **knobs)
+    config = TrainConfig(
+        model=model_name,
+        image_size=size,
+        batch_size=batch,
+        augment=variant == "augment",
+        **spec.get("knobs", {}),
+    )
     data = load_dataset(default_data(), config)
     warm_n, timed_n = spec["warmup"] * batch, spec["steps"] * batch
     if device.type == "cuda":

@@ -69,15 +69,16 @@ class Speed:
 FAST = Speed()  # the default
 
 
-def _amp_dtype(device: torch.device, speed: Speed) -> torch.dtype | None:
-    if device.type != "cuda" or not speed.fast:
+def _amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
+    """The autocast dtype on CUDA when `amp` (bf16, or fp16 without bf16); else None."""
+    if device.type != "cuda" or not amp:
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def _autocast(device: torch.device, amp: bool = True) -> contextlib.AbstractContextManager:
     """Mixed precision on CUDA (bf16 where supported, else fp16) when `amp`; else nothing."""
-    dtype = _amp_dtype(device, Speed(fast=amp))
+    dtype = _amp_dtype(device, amp)
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast("cuda", dtype=dtype)
@@ -260,7 +261,7 @@ class Trainer:
             torch.Generator().manual_seed(config.seed),
         )
         self.loss_fn = build_loss(config.loss, config.alpha)
-        self.amp_dtype = _amp_dtype(device, speed)
+        self.amp_dtype = _amp_dtype(device, speed.fast)
         # fp16 needs loss scaling; bf16 and fp32 do not
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         if device.type == "cuda" and speed.fast:

@@ -1,1 +1,1 @@
-"""Ray Tune + Optuna + ASHA + MLflow around flairseg (issue 3: not built yet)."""
+"""Ray Tune + Optuna + ASHA + MLflow around flairseg: `python -m study.run`."""

@@ -28,17 +28,21 @@ def head():
         node.close()
 
 
+def quarter_gpu_study(env: StudyEnv, head: RayNode, *args: str):
+    """combo_alpha at 32 px on the head, half a CPU and a quarter of the GPU per trial."""
+    return env.run(
+        "--search", "combo_alpha", "--profile", "laptop", "--address", head.address,
+        "--image-size", "32", "--cpus-per-trial", "0.5", "--gpus-per-trial", "0.25", *args,
+    )  # fmt: skip
+
+
 def test_a_quarter_gpu_per_trial_runs_four_trials_at_once(
     tmp_path: Path, phantom_dir: Path, head: RayNode
 ):
     from mlflow.tracking import MlflowClient
 
     env = StudyEnv(tmp_path, phantom_dir)
-    result = env.run(
-        "--search", "combo_alpha", "--profile", "laptop", "--address", head.address,
-        "--image-size", "32", "--trials", "4", "--max-epochs", "4",
-        "--cpus-per-trial", "0.5", "--gpus-per-trial", "0.25",
-    )  # fmt: skip
+    result = quarter_gpu_study(env, head, "--trials", "4", "--max-epochs", "4")
     assert result.returncode == 0, result.stdout + result.stderr
     # no --concurrency: the quarter GPU sets it (the search's own is 2)
     assert "4 at a time, 0.5 CPU and 0.25 GPU per trial" in result.stdout, result.stdout
@@ -58,10 +62,8 @@ def test_an_explicit_concurrency_wins_over_packing(
     tmp_path: Path, phantom_dir: Path, head: RayNode
 ):
     env = StudyEnv(tmp_path, phantom_dir)
-    result = env.run(
-        "--search", "combo_alpha", "--profile", "laptop", "--address", head.address,
-        "--image-size", "32", "--trials", "2", "--max-epochs", "1",
-        "--cpus-per-trial", "0.5", "--gpus-per-trial", "0.25", "--concurrency", "1",
-    )  # fmt: skip
+    result = quarter_gpu_study(
+        env, head, "--trials", "2", "--max-epochs", "1", "--concurrency", "1"
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 at a time, 0.5 CPU and 0.25 GPU per trial" in result.stdout, result.stdout
