@@ -7,7 +7,6 @@ val_iou, val_dice, val_volume_dice); this callback is the one seam a study uses.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import random
@@ -28,6 +27,7 @@ from flairseg.dataset import Dataset, Part
 from flairseg.errors import ConfigError
 from flairseg.files import atomic_write
 from flairseg.losses import build_loss
+from flairseg.speed import FAST, Speed, amp_dtype, layout, mixed_precision, true_fp32
 
 CHECKPOINT_FORMAT = 1
 
@@ -48,46 +48,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-@dataclass(frozen=True)
-class Speed:
-    """How a run executes on its device. None of it is a hyperparameter or changes one.
-
-    `fast` (the default) is the fast path. On CUDA that means bf16 autocast (fp16 with
-    loss scaling where bf16 is missing), channels_last convolutions, cuDNN autotuning,
-    the fused Adam kernel, and data and augmentation kept on the device. On the CPU it
-    means channels_last convolutions (oneDNN's fast layout). `fast=False` is plain fp32
-    in the default layout: the reference the fast path is checked against
-    (benchmarks.train_step).
-    `compile` wraps the model in `torch.compile`; the first steps then pay the
-    compile time.
-    """
-
-    fast: bool = True
-    compile: bool = False
-
-
-FAST = Speed()  # the default
-
-
-def _amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
-    """The autocast dtype on CUDA when `amp` (bf16, or fp16 without bf16); else None."""
-    if device.type != "cuda" or not amp:
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def _autocast(device: torch.device, amp: bool = True) -> contextlib.AbstractContextManager:
-    """Mixed precision on CUDA (bf16 where supported, else fp16) when `amp`; else nothing."""
-    dtype = _amp_dtype(device, amp)
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=dtype)
-
-
-def _memory_format(speed: Speed) -> torch.memory_format:
-    return torch.channels_last if speed.fast else torch.contiguous_format
-
-
 @torch.no_grad()
 def predict_probs(
     model: nn.Module, images: torch.Tensor, batch_size: int = 32, amp: bool = True
@@ -99,10 +59,11 @@ def predict_probs(
     model.eval()
     device = images.device
     out = []
-    for start in range(0, len(images), batch_size):
-        with _autocast(device, amp):
-            logits = model(images[start : start + batch_size])
-        out.append(torch.sigmoid(logits.float()))
+    with true_fp32(device, amp):
+        for start in range(0, len(images), batch_size):
+            with mixed_precision(device, amp):
+                logits = model(images[start : start + batch_size])
+            out.append(torch.sigmoid(logits.float()))
     return torch.cat(out) if out else images.new_zeros((0, 1, *images.shape[2:]))
 
 
@@ -127,7 +88,7 @@ def evaluate(
     for start in range(0, len(part), batch_size):
         index = torch.arange(start, min(start + batch_size, len(part)), device=part.images.device)
         x, y = part.batch(index, device)
-        with _autocast(device, amp):
+        with true_fp32(device, amp), mixed_precision(device, amp):
             logits = model(x)
         loss_sum += float(loss_fn(logits.float(), y)) * len(index)
         counts.append(M.confusion(torch.sigmoid(logits.float()), y))
@@ -136,6 +97,23 @@ def evaluate(
     result.update({f"{prefix}_{k}": v for k, v in M.micro(per_slice).items()})
     result[f"{prefix}_volume_dice"] = M.volume_dice(per_slice, part.patient.cpu())
     return result
+
+
+def score_model(
+    model: nn.Module,
+    parts: dict[str, Part],
+    loss_fn: nn.Module,
+    device: str | torch.device | None = None,
+    speed: Speed = FAST,
+) -> dict[str, float]:
+    """`evaluate` on each part (its name is the prefix), on `device` the way a run of
+    `speed` scores its val set every epoch, so the numbers match the run's own."""
+    device = pick_device(device)
+    model.to(device, memory_format=layout(speed))
+    scores: dict[str, float] = {}
+    for prefix, part in parts.items():
+        scores.update(evaluate(model, part, loss_fn, prefix, device, amp=speed.fast))
+    return scores
 
 
 @dataclass
@@ -250,7 +228,7 @@ class Trainer:
         self.device = device = pick_device(device)
         self.speed = speed
         seed_everything(config.seed)
-        model = config.build_model().to(device, memory_format=_memory_format(speed))
+        model = config.build_model().to(device, memory_format=layout(speed))
         self.state = TrainState(
             config,
             model,
@@ -261,24 +239,38 @@ class Trainer:
             torch.Generator().manual_seed(config.seed),
         )
         self.loss_fn = build_loss(config.loss, config.alpha)
-        self.amp_dtype = _amp_dtype(device, speed.fast)
+        self.amp_dtype = amp_dtype(device, speed.fast)
         # fp16 needs loss scaling; bf16 and fp32 do not
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         if device.type == "cuda" and speed.fast:
             torch.backends.cudnn.benchmark = True  # same shapes every step: autotune once
+        if speed.compile:
+            # dynamo caches compiled code per code object (UNet.forward, shared by every
+            # U-Net) and stops compiling silently after its recompile limit (8): a reused
+            # Ray actor that trains differently shaped models one after another would run
+            # uncompiled from the ninth on. One run compiles afresh.
+            torch._dynamo.reset()
         # compile the forward only: the state keeps the plain module (checkpoint keys as usual)
         self.forward = torch.compile(model) if speed.compile else model
 
     def to_device(self, part: Part) -> Part:
-        """`part` where the step wants it: resident on CUDA, left in place on the CPU."""
-        return part.to(self.device) if self.device.type == "cuda" else part
+        """`part` where the step wants it: resident on CUDA with the fast path; else left on
+        the host and copied batch by batch, as a plain loop does."""
+        return part.to(self.device) if self.device.type == "cuda" and self.speed.fast else part
 
     def train_epoch(self, part: Part) -> float:
         """One pass over `part` in a fresh random order; the mean train loss.
 
+        The loss is read once, at the end: the only host-device sync of an epoch.
+        """
+        return float(self.train_batches(part)) / max(len(part), 1)
+
+    def train_batches(self, part: Part) -> torch.Tensor:
+        """The batches of one epoch; the summed loss, left on the device (no sync).
+
         The order and the augmentation numbers are drawn on the CPU once per epoch and
-        moved to the device once, so a batch costs no host-device copy or sync: the loss
-        is summed on the device and read once at the end.
+        moved to the device once, so a batch of resident data costs no host-device copy
+        or sync (benchmarks.train_step --sync-check holds that on CUDA).
         """
         state, device, config = self.state, self.device, self.state.config
         state.model.train()
@@ -287,23 +279,24 @@ class Trainer:
         order = order.to(part.images.device, non_blocking=True)
         if draws is not None:
             draws = draws.to(device, non_blocking=True)
-        memory_format = _memory_format(self.speed)
+        memory_format, fast = layout(self.speed), self.speed.fast
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        for start in range(0, len(order), config.batch_size):
-            index = order[start : start + config.batch_size]
-            x, y = part.batch(index, device)
-            if draws is not None:
-                x, y = augment(x, y, draws[start : start + config.batch_size])
-            x = x.contiguous(memory_format=memory_format)
-            with _autocast(device, self.speed.fast):
-                logits = self.forward(x)
-            loss = self.loss_fn(logits.float(), y)  # the loss in fp32 under bf16 autocast
-            state.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(state.optimizer)
-            self.scaler.update()
-            loss_sum += loss.detach().double() * len(index)
-        return float(loss_sum) / max(len(order), 1)
+        with true_fp32(device, fast):  # backward included: the reference is fp32 throughout
+            for start in range(0, len(order), config.batch_size):
+                index = order[start : start + config.batch_size]
+                x, y = part.batch(index, device)
+                if draws is not None:
+                    x, y = augment(x, y, draws[start : start + config.batch_size])
+                x = x.contiguous(memory_format=memory_format)
+                with mixed_precision(device, fast):
+                    logits = self.forward(x)
+                loss = self.loss_fn(logits.float(), y)  # the loss in fp32 under bf16 autocast
+                state.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                self.scaler.step(state.optimizer)
+                self.scaler.update()
+                loss_sum += loss.detach().double() * len(index)
+        return loss_sum
 
 
 def train(

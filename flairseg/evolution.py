@@ -117,6 +117,23 @@ class Evolution:
         return canvas
 
 
+STATE_FILE = "state.pt"
+EVOLUTION_FILE = "evolution.npz"
+EVOLUTION_SLICES = 4  # the slices a study's trial follows
+
+
+def save_epoch(
+    report, evolution: Evolution, inputs: torch.Tensor, folder: str | os.PathLike
+) -> None:
+    """What a study's trial keeps of each epoch besides its metrics: the evolution slices
+    predicted by this epoch's model, then the checkpoint (STATE_FILE) and the evolution
+    (EVOLUTION_FILE) written into `folder`. `report`: the engine's EpochReport;
+    `inputs`: the evolution slices' standardised images (K, C, H, W)."""
+    evolution.add(report.epoch, report.predict(inputs))
+    report.save_checkpoint(os.path.join(folder, STATE_FILE))
+    evolution.save(os.path.join(folder, EVOLUTION_FILE))
+
+
 def _spaced(n: int, columns: int) -> list[int]:
     if n <= columns:
         return list(range(n))

@@ -36,10 +36,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from flairseg.config import TrainConfig
 from flairseg.data import load_slices
 from flairseg.dataset import Dataset, make_dataset
-from flairseg.engine import FAST, Speed, evaluate, load_checkpoint, model_from_checkpoint
+from flairseg.engine import FAST, Speed, load_checkpoint, model_from_checkpoint, score_model
 from flairseg.errors import ArgumentParser, ConfigError, run_cli
 from flairseg.losses import build_loss
 from flairseg.train import default_data, write_json
@@ -157,8 +159,6 @@ def probe_address(address: str | None) -> None:
 def resolve_profile(profile: str, address: str | None) -> str:
     if profile != "auto":
         return profile
-    import torch
-
     return "full" if address or torch.cuda.is_available() else "laptop"
 
 
@@ -344,6 +344,8 @@ def summarise(
     study_name: str,
     data: Dataset,
     search: searches.Search,
+    speed: Speed = FAST,
+    device: torch.device | None = None,
 ) -> dict[str, Any]:
     """Counts from the invocation's MLflow children; the study's best trial scored on test."""
     c = tracking.client(uri)
@@ -383,7 +385,9 @@ def summarise(
     if not runs or "checkpoint" not in runs[0].data.tags:
         return summary
     run = runs[0]
-    config, ckpt, scores = score_checkpoint(run.data.tags["checkpoint"], data, c, parent_id)
+    config, ckpt, scores = score_checkpoint(
+        run.data.tags["checkpoint"], data, c, parent_id, device, speed
+    )
     summary.update(
         {
             "best_trial": best.number,
@@ -399,14 +403,26 @@ def summarise(
     c.set_tag(parent_id, "best_trial", str(best.number))
     c.set_tag(parent_id, "best_run", run.info.run_id)
     if data.test is not None:
-        score_group_bests(c, trial_runs, search, data)
+        score_group_bests(c, trial_runs, search, data, device, speed)
     return summary
 
 
+def scoring_device(gpus: float) -> torch.device:
+    """The device a trial trains on, for the driver's scores: CUDA when trials get `gpus`
+    and this process sees one, else the CPU."""
+    return torch.device("cuda" if gpus > 0 and torch.cuda.is_available() else "cpu")
+
+
 def score_checkpoint(
-    where: str, data: Dataset, c=None, parent_id: str | None = None
+    where: str,
+    data: Dataset,
+    c=None,
+    parent_id: str | None = None,
+    device: torch.device | None = None,
+    speed: Speed = FAST,
 ) -> tuple[TrainConfig, dict[str, Any], dict[str, float]]:
-    """Load a trial's checkpoint and score it on val and (once) on test."""
+    """Load a trial's checkpoint and score it on val and (once) on test, on `device` with
+    the trials' `speed` (precision and layout), so val matches what the trial logged."""
     from ray import tune
 
     with tune.Checkpoint(where).as_directory() as folder:
@@ -414,15 +430,16 @@ def score_checkpoint(
         ckpt = load_checkpoint(state_file)
         config, model = model_from_checkpoint(ckpt)
         loss = build_loss(config.loss, config.alpha)
-        scores = evaluate(model, data.val, loss, "val")
-        if data.test is not None:
-            scores.update(evaluate(model, data.test, loss, "test"))
+        parts = {"val": data.val} | ({"test": data.test} if data.test is not None else {})
+        scores = score_model(model, parts, loss, device or torch.device("cpu"), speed)
         if c is not None and parent_id is not None:
             c.log_artifact(parent_id, str(state_file), "best")
     return config, ckpt, scores
 
 
-def score_group_bests(c, trial_runs: list, search, data: Dataset) -> None:
+def score_group_bests(
+    c, trial_runs: list, search, data: Dataset, device: torch.device | None, speed: Speed
+) -> None:
     """The best trial of each model x loss group gets its test scores, for the family report.
 
     Selection stays on val; test only describes the group's best, once per trial.
@@ -441,7 +458,8 @@ def score_group_bests(c, trial_runs: list, search, data: Dataset) -> None:
         if "test_iou" in run.data.metrics:
             continue
         try:
-            _, _, scores = score_checkpoint(run.data.tags["checkpoint"], data)
+            where = run.data.tags["checkpoint"]
+            _, _, scores = score_checkpoint(where, data, device=device, speed=speed)
         except Exception as err:  # a checkpoint that is gone must not sink the study
             print(f"warning: {run.info.run_name}: not scored on test ({err})")
             continue
@@ -728,6 +746,7 @@ def _run(
     from study.callbacks import StudyCallback
 
     callback = StudyCallback(**callback_args)
+    speed = Speed(fast=not args.no_fast_path, compile=args.compile)
     # the sampler's seed moves with the study's history, so an extension does not replay
     sampler_seed = args.seed + len(study.trials)
     tuner, gpus = make_tuner(
@@ -740,7 +759,7 @@ def _run(
         trials,
         sampler_seed,
         resume,
-        Speed(fast=not args.no_fast_path, compile=args.compile),
+        speed,
     )
     _banner(
         search,
@@ -788,7 +807,9 @@ def _run(
     )
     if strays:
         print(f"warning: {strays} trials or runs left RUNNING were recorded as killed")
-    summary = summarise(uri, experiment_id, parent_id, study, study_name, data, search)
+    summary = summarise(
+        uri, experiment_id, parent_id, study, study_name, data, search, speed, scoring_device(gpus)
+    )
     summary["seconds"] = round(seconds, 1)
     summary["invocation"] = record.number
     summary["data"] = str(data_dir)

@@ -11,7 +11,6 @@ how an interrupted study resumes the trial where it stopped.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,11 +21,14 @@ from ray import tune
 from flairseg.config import TrainConfig
 from flairseg.dataset import Dataset
 from flairseg.engine import FAST, EpochReport, Speed, load_checkpoint, train
-from flairseg.evolution import Evolution, pick_slices
-
-STATE_FILE = "state.pt"
-EVOLUTION_FILE = "evolution.npz"
-EVOLUTION_SLICES = 4
+from flairseg.evolution import (
+    EVOLUTION_FILE,
+    EVOLUTION_SLICES,
+    STATE_FILE,
+    Evolution,
+    pick_slices,
+    save_epoch,
+)
 
 
 def run_trial(config: dict[str, Any], data: Dataset, threads: int = 1, speed: Speed = FAST) -> None:
@@ -57,10 +59,8 @@ def run_trial(config: dict[str, Any], data: Dataset, threads: int = 1, speed: Sp
     backfill = {"resumed_history": json.dumps(resume["history"])} if resume else {}
 
     def on_epoch(report: EpochReport) -> None:
-        evolution.add(report.epoch, report.predict(evolution_inputs))
         with tempfile.TemporaryDirectory(prefix="flairseg-ckpt-") as folder:
-            report.save_checkpoint(os.path.join(folder, STATE_FILE))
-            evolution.save(os.path.join(folder, EVOLUTION_FILE))
+            save_epoch(report, evolution, evolution_inputs, folder)
             tune.report(
                 {**report.metrics, "planned_epochs": train_config.epochs, **backfill},
                 checkpoint=tune.Checkpoint.from_directory(folder),

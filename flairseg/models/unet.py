@@ -16,11 +16,35 @@ from flairseg.models.registry import MODELS, init_head
 NORMS = ("none", "batch", "instance", "group")
 
 
+class InstanceNorm2d(nn.Module):
+    """nn.InstanceNorm2d(affine=True) that keeps its input's memory layout.
+
+    torch's instance norm runs as a batch norm over a (1, N*C, H, W) view, so it returns
+    a contiguous tensor: after every one of them a channels_last step (the fast path)
+    pays two layout copies. Here the statistics come from one reduction over H and W
+    and the rest is elementwise, which keeps channels_last. In fp32, as autocast runs
+    instance norm. Same parameters and state-dict keys (weight, bias) as torch's.
+    Shape: (B, C, H, W) -> (B, C, H, W), float32.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        var, mean = torch.var_mean(x, dim=(2, 3), keepdim=True, correction=0)
+        scale = self.weight[:, None, None] * torch.rsqrt(var + self.eps)
+        return (x - mean) * scale + self.bias[:, None, None]
+
+
 def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "batch":
         return nn.BatchNorm2d(channels)
     if kind == "instance":
-        return nn.InstanceNorm2d(channels, affine=True)
+        return InstanceNorm2d(channels)
     if kind == "group":
         return nn.GroupNorm(min(8, channels), channels)
     return nn.Identity()
