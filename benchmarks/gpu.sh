@@ -1,16 +1,31 @@
 #!/usr/bin/env bash
-# The whole GPU benchmark of the training step, in one call on a GPU machine (under 8 minutes):
-#   bash benchmarks/gpu.sh            (on the device tool: OUT is its output folder)
-# Needs only python3 with a CUDA build of torch, numpy and pillow: no Ray, Optuna or MLflow
-# (the packing figure runs trial processes side by side, as Ray places them; Ray's
-# placement itself is tested in tests/test_packing.py). Writes train_step_gpu.json,
-# train_step_gpu.log and nvidia-smi.txt to $OUT (default: the current folder).
-set -euo pipefail
-out=${OUT:-.}
+# The GPU benchmark of the training step, in one call on a GPU machine, within 8 minutes:
+#   bash benchmarks/gpu.sh [more benchmarks.train_step flags]   (from any folder)
+# Needs only python3 with a CUDA build of torch, numpy and pillow (and pyyaml): no Ray,
+# Optuna or MLflow. Writes to $OUT (default: the current folder), each file as it goes:
+#   nvidia-smi.txt, preflight.json     what the machine is (a 20 s preflight, kept even
+#                                      if everything after it fails)
+#   train_step_gpu.jsonl               one JSON line per measurement, the moment it is taken
+#   train_step_gpu.json                the figures so far, rewritten after every section
+#   train_step_gpu.log                 the console
+# Each measurement runs in its own process under its own limit; the compile variants run
+# last. Exit status: that of benchmarks.train_step (0 all measured, 1 some failed: its
+# last line names them), or 124 when the whole run hit its hard stop.
+set -uo pipefail
+out=$(mkdir -p "${OUT:-.}" && cd "${OUT:-.}" && pwd)
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PYTHONUNBUFFERED=1
 export FLAIRSEG_CACHE=${FLAIRSEG_CACHE:-/tmp/flairseg-cache}
 python=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv \
-    | tee "$out/nvidia-smi.txt"
-timeout 460 "$python" -m benchmarks.train_step --device cuda --compile --agreement --packing \
-    --json "$out/train_step_gpu.json" 2>&1 | tee "$out/train_step_gpu.log"
+    > "$out/nvidia-smi.txt" 2>&1
+cat "$out/nvidia-smi.txt"
+timeout 20 "$python" -m benchmarks.preflight --json "$out/preflight.json" \
+    || echo "preflight: failed or timed out (exit $?); measuring what can be measured"
+rm -f "$out/train_step_gpu.jsonl"
+# 400 s of measurements; the hard stop after it (HARD_STOP_S) only catches a hang in the
+# parent itself. Flags given to this script come last, so they override these.
+timeout -k 5 "${HARD_STOP_S:-430}" "$python" -m benchmarks.train_step --device cuda --compile --agreement \
+    --sync-check --packing --budget-s 400 --limit-s 90 --compile-limit-s 150 \
+    --packing-limit-s 90 --packing-epochs 12 --json "$out/train_step_gpu.json" --rows "$out/train_step_gpu.jsonl" \
+    "$@" 2>&1 | tee "$out/train_step_gpu.log"

@@ -62,3 +62,61 @@ def test_a_compiled_model_trains_alike_and_saves_a_plain_checkpoint(
     ckpt = load_checkpoint(path)
     assert not any(k.startswith("_orig_mod") for k in ckpt["model"])
     model_from_checkpoint(ckpt)  # a plain model takes the weights
+
+
+@pytest.mark.slow
+def test_compiled_trainers_one_after_another_each_compile_afresh(phantom_dir: Path) -> None:
+    """A reused Ray actor trains differently shaped models in turn: each must be compiled
+    for itself, not run into dynamo's recompile limit and fall back to eager silently.
+    With recompiles made errors, a second U-Net of another width would fail here if the
+    first one's compiled code were still cached."""
+    import torch._dynamo
+
+    data = load_dataset(phantom_dir, TrainConfig(image_size=32))
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for width in (4, 6):
+            config = TrainConfig(image_size=32, width=width, batch_size=8, epochs=1, augment=False)
+            trainer = Trainer(config, speed=Speed(compile=True))
+            assert trainer.train_epoch(data.train) > 0
+
+
+def test_instance_norm_keeps_channels_last_and_matches_torch() -> None:
+    from torch import nn
+
+    from flairseg.models.unet import InstanceNorm2d
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 8, 16, 16).contiguous(memory_format=torch.channels_last)
+    theirs = nn.InstanceNorm2d(8, affine=True)
+    nn.init.uniform_(theirs.weight)
+    nn.init.normal_(theirs.bias)
+    ours = InstanceNorm2d(8)
+    ours.load_state_dict(theirs.state_dict())  # the same keys: old checkpoints load
+    y = ours(x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(y, theirs(x), atol=1e-5)
+
+
+def test_the_reference_path_computes_in_fp32_and_names_it() -> None:
+    from flairseg.speed import precision_name
+
+    assert precision_name(torch.device("cpu"), fast=True) == "fp32"
+    assert precision_name(torch.device("cpu"), fast=False) == "fp32"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_the_reference_keeps_data_on_the_host_in_true_fp32(phantom_dir: Path) -> None:
+    from flairseg.speed import exact_fp32, precision_name
+
+    config = TrainConfig(image_size=32, width=4, batch_size=8, epochs=1)
+    data = load_dataset(phantom_dir, config)
+    reference, fast = Trainer(config, "cuda", Speed(fast=False)), Trainer(config, "cuda")
+    assert reference.to_device(data.train).images.device.type == "cpu"
+    assert fast.to_device(data.train).images.device.type == "cuda"
+    assert precision_name(torch.device("cuda"), fast=False) == "fp32"
+    assert precision_name(torch.device("cuda"), fast=True) in ("bf16", "fp16")
+    before = torch.backends.cudnn.allow_tf32
+    with exact_fp32():
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    assert torch.backends.cudnn.allow_tf32 == before
+    assert reference.train_epoch(data.train) > 0
