@@ -16,7 +16,8 @@ out=$(mkdir -p "${OUT:-.}" && cd "${OUT:-.}" && pwd)
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PYTHONUNBUFFERED=1
 export FLAIRSEG_CACHE=${FLAIRSEG_CACHE:-/tmp/flairseg-cache}
-python=${PYTHON:-python3}
+# $PYTHON, else the project's .venv where there is one (a CPU machine), else python3
+python=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv \
     > "$out/nvidia-smi.txt" 2>&1
 cat "$out/nvidia-smi.txt"

@@ -173,6 +173,11 @@ def main(argv=None) -> int:
         print(json.dumps(run_child(json.loads(args.child))))
         return 0
     args.models = checked_models(args.models)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"--device cuda: this torch ({torch.__version__}) sees no CUDA device; "
+            "use --device cpu (or auto)"
+        )
     device = pick_device(None if args.device == "auto" else args.device)
     cuda = device.type == "cuda"
     args.steps = args.steps or (50 if cuda else 6)
