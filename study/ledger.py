@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from flairseg.errors import ConfigError
+from study import adapters
 
 LEDGER_KEY = "invocations"
 
@@ -191,7 +192,7 @@ def close_out_trials(study) -> int:
 
     n = 0
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study._storage.set_trial_user_attr(t._trial_id, "status", "killed")
+        adapters.running_trial(study, t).set_user_attr("status", "killed")
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
         n += 1
     return n

@@ -15,6 +15,8 @@ from typing import Any
 
 from ray.tune.search.optuna import OptunaSearch
 
+from study import adapters
+
 
 class StudySearch(OptunaSearch):
     def __init__(self, *args: Any, experiment_path: str, **kwargs: Any) -> None:
@@ -23,10 +25,11 @@ class StudySearch(OptunaSearch):
 
     def suggest(self, trial_id: str) -> dict | None:
         resume_from = None
-        if trial_id not in self._ot_trials:
+        trials = adapters.searcher_trials(self)
+        if trial_id not in trials:
             orphan = self._orphan()
             if orphan is not None:
-                self._ot_trials[trial_id] = orphan
+                trials[trial_id] = orphan
                 resume_from = latest_checkpoint(self._experiment_path, orphan.number)
         config = super().suggest(trial_id)
         if config is not None and resume_from is not None:
@@ -36,13 +39,12 @@ class StudySearch(OptunaSearch):
     def _orphan(self):
         import optuna
 
-        known = {t.number for t in self._ot_trials.values()}
-        running = self._ot_study.get_trials(
-            deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)
-        )
+        known = {t.number for t in adapters.searcher_trials(self).values()}
+        study = adapters.searcher_study(self)
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
         for frozen in running:
             if frozen.number not in known:
-                return optuna.trial.Trial(self._ot_study, frozen._trial_id)
+                return adapters.running_trial(study, frozen)
         return None
 
 
