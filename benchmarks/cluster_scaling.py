@@ -28,9 +28,9 @@ from pathlib import Path
 
 import yaml
 
+from benchmarks.loopback import RAY_ENV, RayNode, free_port, wait_nodes
 from benchmarks.study_overhead import fixed_points_search, trial_config
 from flairseg.train import default_data, write_json
-from tests.cluster import RAY_ENV, RayNode, free_port, wait_nodes
 
 
 def study(folder: Path, address: str, name: str, trials: int, epochs: int) -> tuple[float, dict]:
