@@ -1,29 +1,35 @@
-"""The settings of one training run, in the vocabulary shared by search files, MLflow and CLIs."""
+"""The settings of one training run, in the vocabulary shared by search files, MLflow and CLIs.
+
+`TrainConfig` holds the settings written below, and one field per knob that a registered
+loss or model declares (flairseg.losses, flairseg.models): the flat keys of that vocabulary.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from typing import Any
 
 import torch
 
 from flairseg.errors import ConfigError
-from flairseg.losses import LOSSES, check_alpha
-from flairseg.models import build_model, model_params
+from flairseg.losses import LOSSES, build_loss
+from flairseg.models import MODELS, build_model, model_keys
+from flairseg.registry import Knob, KnobRegistry
 
-MODEL_KEYS = ("depth", "width", "norm", "num_cuts", "dim", "heads", "mlp_dim")
 
-
-@dataclass(frozen=True)
 class TrainConfig:
-    """One run. Model knobs left as None keep the model's preset (unet: the seed's U-Net)."""
+    """One run: the settings written here, and one field per knob of a registered loss or model.
+
+    A frozen dataclass (made so by `_define_fields` below). Loss knobs (combo's `alpha`) sit
+    right after `loss` and hold their preset; model knobs come last, and None keeps the
+    model's preset (unet: the seed's U-Net). Each is declared where its builder registers.
+    """
 
     model: str = "unet"  # a name in flairseg.models.MODELS
-    loss: str = "combo"  # dice | bce | combo
-    alpha: float = 0.5  # combo weight of BCE: alpha*BCE + (1-alpha)*Dice
+    loss: str = "combo"  # a name in flairseg.losses.LOSSES; its knobs follow
     lr: float = 1e-3  # Adam learning rate
     batch_size: int = 16
     epochs: int = 20
@@ -34,14 +40,7 @@ class TrainConfig:
     val_fraction: float = 0.2  # of patients
     test_fraction: float = 0.2  # of patients; 0 keeps no test split
     split_seed: int = 0  # the patient split, apart from `seed` so a search keeps one split
-    # model knobs (None: the model's preset)
-    depth: int | None = None  # unet: pooling levels; setr: encoder layers
-    width: int | None = None  # unet: channels of the first level
-    norm: str | None = None  # unet: none | batch | instance | group
-    num_cuts: int | None = None  # setr: patches per side
-    dim: int | None = None  # setr: embedding size
-    heads: int | None = None  # setr: attention heads
-    mlp_dim: int | None = None  # setr: transformer MLP size
+    # model knobs follow (None: the model's preset)
 
     def __post_init__(self) -> None:
         for name, (want, optional) in field_types().items():
@@ -58,7 +57,8 @@ class TrainConfig:
         _check_range("image_size", self.image_size, low=8)
         if self.channels not in (1, 3):
             raise ConfigError(f"channels={self.channels} must be 3 (all) or 1 (FLAIR only)")
-        check_alpha(self.alpha)
+        for name in LOSSES.names():  # every loss's knobs, whichever loss runs, as alpha always was
+            LOSSES.build(name, {}, self._knob_values(LOSSES, name))
         LOSSES.get(self.loss)
         for key in ("val_fraction", "test_fraction"):
             _check_range(key, getattr(self, key), low=0.0, high=1.0, high_open=True)
@@ -70,21 +70,27 @@ class TrainConfig:
             raise ConfigError(
                 f"val_fraction={self.val_fraction} + test_fraction={self.test_fraction} leave no train patients"
             )
-        allowed = model_params(self.model)
-        for key in MODEL_KEYS:
-            if getattr(self, key) is not None and key not in allowed:
-                raise ConfigError(
-                    f"{key} does not apply to model {self.model!r} (its knobs: {', '.join(allowed)})"
-                )
-        with torch.device("meta"):  # geometry checks fail here, not mid-run; meta allocates nothing
+        # a knob of another model fails here; geometry checks fail here, not mid-run (meta
+        # allocates nothing)
+        with torch.device("meta"):
             self.build_model()
 
     def model_kwargs(self) -> dict[str, Any]:
-        """The model knobs that are set, for `build_model`."""
-        return {k: getattr(self, k) for k in MODEL_KEYS if getattr(self, k) is not None}
+        """The model knobs that are set, for `build_model` (which refuses another model's)."""
+        return {k: getattr(self, k) for k in model_keys() if getattr(self, k) is not None}
 
-    def build_model(self):
+    def loss_kwargs(self) -> dict[str, Any]:
+        """The knobs of this config's loss, for `build_loss`."""
+        return self._knob_values(LOSSES, self.loss)
+
+    def build_model(self) -> torch.nn.Module:
         return build_model(self.model, self.channels, self.image_size, **self.model_kwargs())
+
+    def build_loss(self) -> torch.nn.Module:
+        return build_loss(self.loss, **self.loss_kwargs())
+
+    def _knob_values(self, registry: KnobRegistry, name: str) -> dict[str, Any]:
+        return {k.name: getattr(self, k.name) for k in registry.knobs(name)}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -102,6 +108,64 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
+
+
+# Why the knob fields are generated: a model or a loss owns its knobs (declared where its
+# builder registers), so adding one is one file, and this class, the train flags and the
+# search keys follow. Why regrown in place on every registration: modules hold this class
+# by reference (`from flairseg.config import TrainConfig`), so a builder registered after
+# this import (a notebook, a test) must grow the same class, not a new one. The flat order
+# is the vocabulary's since the first release (checkpoints, MLflow params): loss knobs
+# right after `loss`, model knobs last.
+_WRITTEN = dict(vars(TrainConfig))  # the class as written, before any field is generated
+
+
+def _define_fields(cls: type) -> None:
+    """(Re)make `cls` a frozen dataclass of its written fields plus one per registered knob."""
+    written = _WRITTEN["__annotations__"]
+    loss_knobs, model_knobs = LOSSES.union(), MODELS.union()
+    keys = [*loss_knobs, *model_knobs]
+    taken = [k for k in keys if k in written or keys.count(k) > 1]
+    if taken:  # refused before anything changes; the registry then drops the new builder
+        raise RuntimeError(
+            f"knob {taken[0]!r} is already a TrainConfig setting or a knob of the other registry"
+        )
+    for name in set(vars(cls)) - set(_WRITTEN):
+        delattr(cls, name)  # what the last pass generated: __init__, __eq__, knob defaults ...
+    annotations: dict[str, Any] = {}
+    for name, hint in written.items():
+        annotations[name] = hint
+        if name == "loss":
+            for key, owners in loss_knobs.items():
+                annotations[key] = owners[0][1].type
+                setattr(cls, key, _knob_field(owners, default=owners[0][1].default))
+    for key, owners in model_knobs.items():
+        annotations[key] = owners[0][1].type | None
+        setattr(cls, key, _knob_field(owners, default=None))
+    cls.__annotations__ = annotations
+    dataclasses.dataclass(frozen=True)(cls)
+
+
+def _knob_field(owners: list[tuple[str, Knob]], default: Any) -> Any:
+    """A field whose metadata holds the help of every builder that declares the knob."""
+    text = "; ".join(f"{owner}: {knob.describe()}" for owner, knob in owners)
+    return dataclasses.field(default=default, metadata={"help": text})
+
+
+_define_fields(TrainConfig)
+MODELS.subscribe(lambda: _define_fields(TrainConfig))
+LOSSES.subscribe(lambda: _define_fields(TrainConfig))
+
+
+def __getattr__(name: str) -> Any:
+    if name == "MODEL_KEYS":  # the old constant, now read from the registry when asked
+        return tuple(model_keys())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def knob_help() -> dict[str, str]:
+    """{key: one-line help} for each knob field, e.g. depth: 'unet: pooling levels; setr: ...'."""
+    return {f.name: f.metadata["help"] for f in fields(TrainConfig) if "help" in f.metadata}
 
 
 def _hints() -> dict[str, Any]:

@@ -26,7 +26,6 @@ from flairseg.config import TrainConfig
 from flairseg.dataset import Dataset, Part
 from flairseg.errors import ConfigError
 from flairseg.files import atomic_write
-from flairseg.losses import build_loss
 from flairseg.speed import FAST, Speed, amp_dtype, layout, mixed_precision, true_fp32
 
 CHECKPOINT_FORMAT = 1
@@ -238,7 +237,7 @@ class Trainer:
             ),
             torch.Generator().manual_seed(config.seed),
         )
-        self.loss_fn = build_loss(config.loss, config.alpha)
+        self.loss_fn = config.build_loss()
         self.amp_dtype = amp_dtype(device, speed.fast)
         # fp16 needs loss scaling; bf16 and fp32 do not
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)

@@ -3,18 +3,28 @@
 All losses take `logits` and `target` of shape (B, 1, H, W) (or any equal shapes),
 target in {0, 1}, and return a scalar tensor. BCE uses the logits directly
 (`binary_cross_entropy_with_logits`), which stays finite where sigmoid saturates.
+
+A loss is one builder registered with its knobs, as a model is:
+
+    @LOSSES.register("combo", knobs=[Knob("alpha", 0.5, "weight of BCE ...")])
+    def _combo(alpha: float) -> nn.Module:
+
+Each knob becomes a TrainConfig field (holding its preset), a `flairseg.train` flag and a
+search-file key of the same name. A key two losses share has one preset.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from flairseg.errors import ConfigError
-from flairseg.registry import Registry
+from flairseg.registry import Knob, KnobRegistry
 
-LOSSES: Registry = Registry("loss")
+LOSSES = KnobRegistry("loss", one_preset=True)
 
 
 def soft_dice_loss(probs: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
@@ -64,20 +74,26 @@ class ComboLoss(nn.Module):
 
 
 @LOSSES.register("dice")
-def _dice(alpha: float | None = None) -> nn.Module:
+def _dice() -> nn.Module:
     return DiceLoss()
 
 
 @LOSSES.register("bce")
-def _bce(alpha: float | None = None) -> nn.Module:
+def _bce() -> nn.Module:
     return BCELoss()
 
 
-@LOSSES.register("combo")
-def _combo(alpha: float | None = None) -> nn.Module:
-    return ComboLoss(0.5 if alpha is None else alpha)
+@LOSSES.register(
+    "combo", knobs=[Knob("alpha", 0.5, "weight of BCE: alpha*BCE + (1-alpha)*Dice, in [0, 1]")]
+)
+def _combo(alpha: float) -> nn.Module:
+    return ComboLoss(alpha)
 
 
-def build_loss(name: str, alpha: float | None = None) -> nn.Module:
-    """The loss called `name`; `alpha` is used by `combo` only."""
-    return LOSSES.get(name)(alpha=alpha)
+def build_loss(name: str, **params: Any) -> nn.Module:
+    """The loss called `name`, given its own knobs as keywords; None keeps a knob's preset.
+
+    A knob of another loss fails naming the loss's knobs (`TrainConfig.build_loss()` passes
+    only the loss's own).
+    """
+    return LOSSES.build(name, {}, params)

@@ -18,13 +18,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from flairseg.config import TrainConfig, field_types
+from flairseg.config import TrainConfig, field_types, knob_help
 from flairseg.data import cache_dir
 from flairseg.dataset import load_dataset
 from flairseg.engine import DivergedError, EpochReport, Speed, evaluate, pick_device, train
 from flairseg.errors import ArgumentParser, ConfigError, DataError, run_cli
 from flairseg.files import atomic_write
-from flairseg.losses import build_loss
 from flairseg.phantom import PhantomSpec, write_phantom
 
 
@@ -42,23 +41,22 @@ def default_data(spec: PhantomSpec = PhantomSpec()) -> Path:
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field, `_` spelt `-`; defaults None so unset flags keep the config's."""
+    """One flag per TrainConfig field, `_` spelt `-`; defaults None so unset flags keep the config's.
+
+    A knob's flag (`--alpha`, `--depth`, ...) shows the help its loss or model declared.
+    """
     defaults = TrainConfig()
+    helps = knob_help()
     for name, (kind, optional) in field_types().items():
         flag = "--" + name.replace("_", "-")
-        default = getattr(defaults, name)
+        shown = "model preset" if optional else getattr(defaults, name)
+        text = f"{helps[name]} (default: {shown})" if name in helps else f"(default: {shown})"
         if kind is bool:
             parser.add_argument(
-                flag,
-                action=argparse.BooleanOptionalAction,
-                default=None,
-                help=f"(default: {default})",
+                flag, action=argparse.BooleanOptionalAction, default=None, help=text
             )
         else:
-            shown = "model preset" if optional else default
-            parser.add_argument(
-                flag, type=kind, default=None, metavar=name.upper(), help=f"(default: {shown})"
-            )
+            parser.add_argument(flag, type=kind, default=None, metavar=name.upper(), help=text)
 
 
 def add_speed_flags(parser: argparse.ArgumentParser) -> None:
@@ -89,8 +87,13 @@ def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> None:
         f.write("\n")
 
 
+def _short(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def describe(config: TrainConfig) -> str:
-    loss = f"combo(alpha={config.alpha:g})" if config.loss == "combo" else config.loss
+    loss_knobs = ", ".join(f"{k}={_short(v)}" for k, v in config.loss_kwargs().items())
+    loss = f"{config.loss}({loss_knobs})" if loss_knobs else config.loss
     knobs = " ".join(f"{k}={v}" for k, v in config.model_kwargs().items())
     return f"{config.model}{' ' + knobs if knobs else ''} / {loss}, {config.image_size} px"
 
@@ -105,7 +108,19 @@ def print_epoch(report: EpochReport, total: int, started: float) -> None:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def summarize(config: TrainConfig, scores: dict[str, Any], seconds: float) -> str:
+    """The run's last line: what was trained, how long, and its val (and test) scores."""
+    summary = (
+        f"{describe(config)}, {scores['epoch']} epochs in {seconds:.1f} s: "
+        f"val dice {scores['val_dice']:.3f} iou {scores['val_iou']:.3f} volume dice {scores['val_volume_dice']:.3f}"
+    )
+    if "test_dice" in scores:
+        summary += f" | test dice {scores['test_dice']:.3f} iou {scores['test_iou']:.3f}"
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The flags of `python -m flairseg.train`, read when called: a model registered later has its."""
     parser = ArgumentParser(prog="python -m flairseg.train", description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="kaggle_3m folder (default: the synthetic phantom set)")
     add_config_flags(parser)
@@ -118,8 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     add_speed_flags(parser)
-    args = parser.parse_args(argv)
+    return parser
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     config = config_from_args(args)
     for flag in ("json", "checkpoint"):
         target = getattr(args, flag)
@@ -153,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             evaluate(
                 result.model,
                 data.test,
-                build_loss(config.loss, config.alpha),
+                config.build_loss(),
                 "test",
                 device,
                 amp=not args.no_fast_path,
@@ -173,13 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "seconds": round(result.seconds, 2),
             },
         )
-    summary = (
-        f"{describe(config)}, {scores['epoch']} epochs in {result.seconds:.1f} s: "
-        f"val dice {scores['val_dice']:.3f} iou {scores['val_iou']:.3f} volume dice {scores['val_volume_dice']:.3f}"
-    )
-    if "test_dice" in scores:
-        summary += f" | test dice {scores['test_dice']:.3f} iou {scores['test_iou']:.3f}"
-    print(summary)
+    print(summarize(config, scores, result.seconds))
     return 0
 
 

@@ -7,8 +7,10 @@ import torch
 
 from flairseg.config import TrainConfig
 from flairseg.errors import ConfigError
-from flairseg.models import MODELS, build_model
+from flairseg.models import MODELS, build_model, model_defaults, model_keys, model_params
 
+# knobs that keep the registry-wide tests quick; a model not listed runs at its presets, so
+# a new model file is covered without touching this test
 TINY = {"unet": {"width": 4}, "setr": {"depth": 1, "dim": 32, "heads": 2, "mlp_dim": 32}}
 
 
@@ -23,14 +25,43 @@ def _forward_backward(model: torch.nn.Module, channels: int, size: int) -> torch
     return out
 
 
-def test_every_registered_model_has_a_tiny_setting() -> None:
-    assert set(MODELS.names()) == set(TINY), "add the new model to TINY so the tests below cover it"
+def test_tiny_settings_name_registered_models_and_their_own_knobs() -> None:
+    for name, knobs in TINY.items():
+        assert set(knobs) <= set(model_params(name)), name
 
 
 @pytest.mark.parametrize("name", MODELS.names())
 @pytest.mark.parametrize("channels", [1, 3])
 def test_every_model_forward_backward(name: str, channels: int) -> None:
-    _forward_backward(build_model(name, channels, 32, **TINY[name]), channels, 32)
+    _forward_backward(build_model(name, channels, 32, **TINY.get(name, {})), channels, 32)
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_every_model_declares_its_knobs_with_help_and_presets(name: str) -> None:
+    for knob in MODELS.knobs(name):
+        assert knob.help and "\n" not in knob.help, (name, knob.name)
+        assert not knob.choices or knob.default in knob.choices
+    assert list(model_defaults(name)) == model_params(name)
+    assert set(model_params(name)) <= set(model_keys())
+    config = TrainConfig(model=name, image_size=64)  # None everywhere: the presets
+    assert all(config.to_dict()[key] is None for key in model_params(name))
+
+
+def test_the_declared_presets_and_the_flat_order() -> None:
+    assert model_defaults("unet") == {"depth": 2, "width": 64, "norm": "batch"}
+    assert model_defaults("setr") == {
+        "num_cuts": 8,
+        "depth": 4,
+        "dim": 256,
+        "heads": 8,
+        "mlp_dim": 512,
+    }
+    assert model_keys() == ["depth", "width", "norm", "num_cuts", "dim", "heads", "mlp_dim"]
+
+
+def test_a_knob_left_none_keeps_the_preset() -> None:
+    model = build_model("unet", 3, 64, depth=None, width=None, norm=None)
+    assert len(model.down) == 2 and model.down[0][0].out_channels == 64
 
 
 @pytest.mark.parametrize("size", [64, 128])

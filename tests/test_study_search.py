@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +12,7 @@ import pytest
 from study_helpers import StudyEnv
 
 from flairseg.errors import ConfigError
+from flairseg.models import MODELS
 from study import search as searches
 from study.ledger import StudyLock
 
@@ -57,6 +60,23 @@ def test_family_branches_sample_only_their_own_knobs() -> None:
             assert config["width"] is None
         assert ("alpha" in names) == (config["loss"] == "combo")
         study.tell(trial, 0.0)
+
+
+def test_search_validation_names_no_model_knob() -> None:
+    # a model's own knobs come from the registry; only a key every model shares may be an example
+    own = [key for key, owners in MODELS.union().items() if len(owners) < len(MODELS.names())]
+    pattern = re.compile(rf"\b({'|'.join(own)})\b")
+    tree = ast.parse(Path(searches.__file__).read_text())
+    texts = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)]
+    assert not [t for t in texts if isinstance(t, str) and pattern.search(t)]
+
+
+def test_a_model_block_refuses_another_models_knob() -> None:
+    raw = {"fixed": {"model": "unet"}, "space": {"unet": {"dim": {"choice": [128, 256]}}}}
+    with pytest.raises(
+        ConfigError, match=r"space.unet: 'dim' does not apply to model 'unet' \(its knobs: depth"
+    ):
+        searches.parse(raw, name="bad")
 
 
 def test_seed_grid_scales_its_epochs() -> None:

@@ -18,12 +18,13 @@ from torch import nn
 
 from flairseg.errors import ConfigError
 from flairseg.models.registry import MODELS, init_head
+from flairseg.registry import Knob
 
 
 class SETR(nn.Module):
     """Shape: (B, in_channels, S, S) -> logits (B, 1, S, S), S = image_size.
 
-    The presets live in `build_setr`, which also checks the geometry.
+    The presets are declared where `build_setr` registers; it checks the geometry.
     """
 
     def __init__(
@@ -71,15 +72,18 @@ class SETR(nn.Module):
         return self.head(self.decoder(grid))
 
 
-@MODELS.register("setr")
+@MODELS.register(
+    "setr",
+    knobs=[
+        Knob("num_cuts", 8, "patches per side"),
+        Knob("depth", 4, "encoder layers"),
+        Knob("dim", 256, "embedding size"),
+        Knob("heads", 8, "attention heads"),
+        Knob("mlp_dim", 512, "transformer MLP size"),
+    ],
+)
 def build_setr(
-    in_channels: int,
-    image_size: int,
-    num_cuts: int = 8,
-    depth: int = 4,
-    dim: int = 256,
-    heads: int = 8,
-    mlp_dim: int = 512,
+    in_channels: int, image_size: int, num_cuts: int, depth: int, dim: int, heads: int, mlp_dim: int
 ) -> SETR:
     if num_cuts < 1 or image_size % num_cuts:
         raise ConfigError(f"num_cuts={num_cuts} does not divide image_size={image_size}")

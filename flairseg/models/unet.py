@@ -12,6 +12,7 @@ from torch import nn
 
 from flairseg.errors import ConfigError
 from flairseg.models.registry import MODELS, init_head
+from flairseg.registry import Knob
 
 NORMS = ("none", "batch", "instance", "group")
 
@@ -68,7 +69,7 @@ class ConvBlock(nn.Sequential):
 class UNet(nn.Module):
     """Shape: (B, in_channels, H, W) -> logits (B, 1, H, W); H and W divisible by 2**depth.
 
-    The presets live in `build_unet`, which also checks the settings.
+    The presets are declared where `build_unet` registers; it checks the settings.
     """
 
     def __init__(self, in_channels: int, depth: int, width: int, norm: str) -> None:
@@ -101,16 +102,19 @@ class UNet(nn.Module):
         return self.head(x)
 
 
-@MODELS.register("unet")
-def build_unet(
-    in_channels: int, image_size: int, depth: int = 2, width: int = 64, norm: str = "batch"
-) -> UNet:
+@MODELS.register(
+    "unet",
+    knobs=[
+        Knob("depth", 2, "pooling levels"),
+        Knob("width", 64, "channels of the first level, doubled at each level"),
+        Knob("norm", "batch", "normalisation after each conv", choices=NORMS),
+    ],
+)
+def build_unet(in_channels: int, image_size: int, depth: int, width: int, norm: str) -> UNet:
     if depth < 1 or depth > 6:
         raise ConfigError(f"depth={depth} for unet must be between 1 and 6 pooling levels")
     if width < 1:
         raise ConfigError(f"width={width} for unet must be positive")
-    if norm not in NORMS:
-        raise ConfigError(f"norm={norm!r} for unet; choose one of: {', '.join(NORMS)}")
     if image_size % 2**depth:
         raise ConfigError(
             f"image_size={image_size} is not divisible by 2**depth={2**depth} (unet depth={depth})"
