@@ -1,1 +1,5 @@
-"""The Plotly family report read from MLflow (issue 4: not built yet)."""
+"""The study report: `python -m dashboards.report` reads MLflow and writes one offline HTML page.
+
+Modules in the order they run: load (MLflow through study.schema), figures and pictures
+(Plotly figures from loaded data), page (the HTML), report (the command line). No torch.
+"""

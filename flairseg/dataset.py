@@ -18,8 +18,7 @@ import torch
 from flairseg.config import TrainConfig
 from flairseg.data import SliceSet, load_slices
 from flairseg.errors import DataError
-
-FLAIR = 1  # channel index of FLAIR in the kaggle_3m RGB slices
+from flairseg.viz import FLAIR  # defined torch-free there; still importable from here
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,8 @@
 An overlay is three panels side by side, each the size of the slice: the FLAIR
 channel in grey; the ground truth in green over it (or a note that there is none);
 the predicted probability as a heat map over it, with the 0.5 contour in cyan.
+
+Needs numpy and Pillow only (no torch), so the report in `dashboards` draws with it too.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from flairseg.dataset import FLAIR
+FLAIR = 1  # channel index of FLAIR in the kaggle_3m RGB slices (pre-contrast, FLAIR, post)
+TRUTH_GREEN = np.array([0, 255, 0], np.uint8)
 
 
 def flair_grey(image: np.ndarray) -> np.ndarray:
@@ -29,8 +32,20 @@ def heat(prob: np.ndarray) -> np.ndarray:
 
 
 def blend(base: np.ndarray, colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """`colour` over `base` (both (H, W, 3) uint8, or a colour (3,)) with per-pixel `alpha` (H, W)."""
     a = alpha[..., None]
     return (base * (1 - a) + colour * a).astype(np.uint8)
+
+
+def truth_overlay(grey: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The ground truth in green over the grey slice: (H, W, 3) uint8, mask (H, W) {0,1}."""
+    return blend(grey, TRUTH_GREEN, 0.45 * (mask > 0))
+
+
+def heat_overlay(grey: np.ndarray, prob: np.ndarray) -> np.ndarray:
+    """The probability (H, W) in [0, 1] as a heat map over the grey slice, opaque where sure."""
+    p = np.clip(prob, 0, 1)
+    return blend(grey, heat(p), 0.75 * p)
 
 
 def contour(mask: np.ndarray) -> np.ndarray:
@@ -47,11 +62,8 @@ def overlay_panels(
     """Input | ground truth | probability: image (H, W, 3) uint8, prob (H, W) float, mask (H, W) {0,1}."""
     grey = flair_grey(image)
     h, w = prob.shape
-    if mask is not None:
-        truth = blend(grey, np.array([0, 255, 0], np.uint8), 0.45 * (mask > 0))
-    else:
-        truth = grey // 3
-    heat_panel = blend(grey, heat(prob), 0.75 * np.clip(prob, 0, 1))
+    truth = truth_overlay(grey, mask) if mask is not None else grey // 3
+    heat_panel = heat_overlay(grey, prob)
     heat_panel[contour(prob >= 0.5)] = (0, 255, 255)
     strip = 14
     canvas = Image.new("RGB", (3 * w, h + strip), "black")

@@ -19,7 +19,8 @@ from ray.tune import Callback
 
 from flairseg.config import TrainConfig
 from flairseg.evolution import Evolution
-from study import tracking
+from study import schema, tracking
+from study.schema import Artifact, Param, Role, Status, Tag
 from study.trainable import EVOLUTION_FILE
 
 STATUS_EVERY_S = 30.0
@@ -78,10 +79,10 @@ class StudyCallback(Callback):
     def setup(self, **info: Any) -> None:
         """Find the runs this study already has (a resumed invocation keeps logging there)."""
         self._started = self._last_status = time.monotonic()
-        for run in tracking.study_runs(self.client, self.experiment_id, self.study, role="trial"):
-            number = int(run.data.tags.get("optuna_trial", -1))
+        for run in schema.study_runs(self.client, self.experiment_id, self.study, role=Role.TRIAL):
+            number = int(run.data.tags.get(Tag.OPTUNA_TRIAL, -1))
             self._runs[number] = run.info.run_id
-            epochs = run.data.tags.get("epochs_logged")
+            epochs = run.data.tags.get(Tag.EPOCHS_LOGGED)
             self._last_step[run.info.run_id] = int(epochs) if epochs else 0
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
@@ -90,29 +91,29 @@ class StudyCallback(Callback):
         run_id = self._runs.get(number)
         if run_id is not None:  # resumed: the same run carries on
             self.client.update_run(run_id, status="RUNNING")
-            self.client.set_tag(run_id, "status", "running")
+            self.client.set_tag(run_id, Tag.STATUS, Status.RUNNING)
             return
         sampled = {k: v for k, v in trial.config.items() if k not in CONFIG_KEYS}
         tags = {
-            "mlflow.parentRunId": self.parent_id,
-            "study": self.study,
-            "search": self.search,
-            "role": "trial",
-            "optuna_trial": str(number),
-            "ray_trial_id": trial.trial_id,
-            "model": config.model,
-            "loss": config.loss,
-            "data_fingerprint": self.fingerprint,
-            "status": "running",
-            "planned_epochs": str(config.epochs),
+            Tag.PARENT: self.parent_id,
+            Tag.STUDY: self.study,
+            Tag.SEARCH: self.search,
+            Tag.ROLE: Role.TRIAL,
+            Tag.OPTUNA_TRIAL: str(number),
+            Tag.RAY_TRIAL_ID: trial.trial_id,
+            Tag.MODEL: config.model,
+            Tag.LOSS: config.loss,
+            Tag.DATA_FINGERPRINT: self.fingerprint,
+            Tag.STATUS: Status.RUNNING,
+            Tag.PLANNED_EPOCHS: str(config.epochs),
         }
         run = self.client.create_run(
             self.experiment_id, run_name=tracking.run_name(number, config, sampled), tags=tags
         )
-        from mlflow.entities import Param
+        from mlflow.entities import Param as MlflowParam
 
-        params = [Param(k, str(v)) for k, v in tracking.trial_params(config).items()]
-        params += [Param(f"sampled.{k}", str(v)) for k, v in sampled.items()]
+        params = [MlflowParam(k, str(v)) for k, v in tracking.trial_params(config).items()]
+        params += [MlflowParam(Param.SAMPLED_PREFIX + k, str(v)) for k, v in sampled.items()]
         self.client.log_batch(run.info.run_id, params=params)
         self._runs[number] = run.info.run_id
         self._last_step[run.info.run_id] = 0
@@ -134,10 +135,10 @@ class StudyCallback(Callback):
         epoch = int(result.get("epoch", 0))
         if epoch <= self._last_step.get(run_id, 0):
             return  # a step already logged before an interruption
-        metrics = {k: result[k] for k in (*tracking.METRIC_KEYS, "epoch_seconds") if k in result}
-        tags = {"epochs_logged": str(epoch)}
+        metrics = {k: result[k] for k in (*schema.METRIC_KEYS, "epoch_seconds") if k in result}
+        tags = {Tag.EPOCHS_LOGGED: str(epoch)}
         if result.get("node_ip"):
-            tags["node_ip"] = str(result["node_ip"])  # where it trained
+            tags[Tag.NODE_IP] = str(result["node_ip"])  # where it trained
         tracking.log_metrics(self.client, run_id, metrics, step=epoch, tags=tags)  # one request
         self._last_step[run_id] = epoch
 
@@ -146,10 +147,10 @@ class StudyCallback(Callback):
         epoch = int(result.get("epoch", 0))
         planned = int(result.get("planned_epochs") or trial.config["flairseg"]["epochs"])
         if epoch >= planned:
-            status, text = "completed", f"completed {epoch} epochs"
+            status, text = Status.COMPLETED, f"completed {epoch} epochs"
         else:
             status, text = (
-                f"stopped at epoch {epoch}",
+                schema.stopped_status(epoch),
                 f"stopped by ASHA at epoch {epoch}/{planned}",
             )
         value = result.get(self.metric)
@@ -165,9 +166,9 @@ class StudyCallback(Callback):
         message = _error_line(trial)
         run_id = self._run_of(trial)
         if run_id is not None:
-            self.client.set_tag(run_id, "error", message[:5000])
-        self._finish(trial, "failed", "FAILED", epoch)
-        self._done[int(trial.config["optuna_trial"])] = ("failed", None)
+            self.client.set_tag(run_id, Tag.ERROR, message[:5000])
+        self._finish(trial, Status.FAILED, "FAILED", epoch)
+        self._done[int(trial.config["optuna_trial"])] = (Status.FAILED, None)
         say(f"trial {self._label(trial)}: failed after {epoch} epochs: {message}")
         self._maybe_status(trials, force=False)
 
@@ -189,12 +190,12 @@ class StudyCallback(Callback):
         run_id = self._run_of(trial)
         if run_id is None:
             return
-        tags = {"status": status, "epochs": str(epoch)}
-        if status.startswith("stopped"):
-            tags["stopped_at_epoch"] = str(epoch)
+        tags = {Tag.STATUS: status, Tag.EPOCHS: str(epoch)}
+        if schema.is_stopped(status):
+            tags[Tag.STOPPED_AT_EPOCH] = str(epoch)
         checkpoint = trial.checkpoint
         if checkpoint is not None:
-            tags["checkpoint"] = checkpoint.path
+            tags[Tag.CHECKPOINT] = checkpoint.path
             try:
                 self._log_evolution(run_id, checkpoint)
             except Exception as err:  # a picture must not lose the run's status
@@ -214,8 +215,8 @@ class StudyCallback(Callback):
             with tempfile.TemporaryDirectory() as out:
                 for k, name in enumerate(evolution.names):
                     evolution.strip(k).save(Path(out) / f"{name}.png")
-                self.client.log_artifacts(run_id, out, "evolution")
-            self.client.log_artifact(run_id, str(source), "evolution")
+                self.client.log_artifacts(run_id, out, Artifact.EVOLUTION_DIR)
+            self.client.log_artifact(run_id, str(source), Artifact.EVOLUTION_DIR)
 
     def _maybe_status(self, trials: list, force: bool) -> None:
         now = time.monotonic()
@@ -224,8 +225,8 @@ class StudyCallback(Callback):
         self._last_status = now
         running = sum(t.status == "RUNNING" for t in trials)
         finished = [s for s, _ in self._done.values()]
-        stopped = sum(s.startswith("stopped") for s in finished)
-        failed = sum(s == "failed" for s in finished)
+        stopped = sum(schema.is_stopped(s) for s in finished)
+        failed = sum(s == Status.FAILED for s in finished)
         scores = [v for _, v in self._done.values() if isinstance(v, float) and math.isfinite(v)]
         best = ""
         if scores:

@@ -6,10 +6,9 @@ found again by its study and Optuna trial number, so a resumed trial keeps loggi
 into its own run: no duplicate runs, and no run is left RUNNING once a study ends,
 is interrupted, or is closed out.
 
-Tags on every run: `study`, `search`, `role` (study | trial), `data_fingerprint`.
-On a child also `optuna_trial`, `ray_trial_id`, `model`, `loss`, `status`
-(running, completed, stopped at epoch k, failed, killed), `stopped_at_epoch`,
-`epochs`, `checkpoint` (where its last checkpoint lives).
+The names of every tag, param and artifact, the stored forms of the split and the
+objective, and the paged run search live in the torch-free `study.schema`, which the
+report reads through too; this module adds what needs the training code (TrainConfig).
 """
 
 from __future__ import annotations
@@ -25,22 +24,22 @@ from typing import Any
 
 from flairseg.config import TrainConfig
 from flairseg.errors import ConfigError
-from flairseg.models import model_defaults
+from flairseg.models import model_defaults, model_keys
+from study import schema
+from study.schema import METRIC_KEYS, Role, Status, Tag, client, default_uri
 
-METRIC_KEYS = (
-    "train_loss",
-    "val_loss",
-    "val_pixel_accuracy",
-    "val_mean_accuracy",
-    "val_iou",
-    "val_dice",
-    "val_volume_dice",
-)
-
-
-def default_uri() -> str:
-    """MLFLOW_TRACKING_URI if set, else the SQLite store a bare `mlflow ui` here shows."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+__all__ = [
+    "METRIC_KEYS",
+    "client",
+    "close_out",
+    "default_uri",
+    "log_json",
+    "log_metrics",
+    "open_experiment",
+    "run_name",
+    "study_runs",
+    "trial_params",
+]
 
 
 @contextlib.contextmanager
@@ -60,12 +59,6 @@ def _quick_failures() -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-def client(uri: str):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
 
 
 def open_experiment(uri: str, name: str) -> str:
@@ -103,13 +96,9 @@ def open_experiment(uri: str, name: str) -> str:
 def trial_params(config: TrainConfig) -> dict[str, Any]:
     """Flat params with every knob of the trial's model resolved (presets spelt out)."""
     values = config.to_dict()
-    knobs = model_defaults(config.model)
-    out = {
-        k: v
-        for k, v in values.items()
-        if k not in ("depth", "width", "norm", "num_cuts", "dim", "heads", "mlp_dim")
-    }
-    for key, preset in knobs.items():
+    every_knob = set(model_keys())  # of every model: another model's knobs are left out
+    out = {k: v for k, v in values.items() if k not in every_knob}
+    for key, preset in model_defaults(config.model).items():
         out[key] = values[key] if values[key] is not None else preset
     return out
 
@@ -135,22 +124,11 @@ def study_runs(
     c, experiment_id: str, study: str, role: str | None = None, status: str | None = None
 ) -> list:
     """All runs of `study` in the experiment (paged), optionally of one role and status."""
-    query = f"tags.study = '{study}'"
-    if role:
-        query += f" and tags.role = '{role}'"
-    if status:
-        query += f" and attributes.status = '{status}'"
-    runs, token = [], None
-    while True:
-        page = c.search_runs([experiment_id], query, max_results=1000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
+    return schema.study_runs(c, experiment_id, study, role, status)
 
 
 def close_out(
-    uri: str, experiment_id: str, study: str, reason: str = "killed", keep: str | None = None
+    uri: str, experiment_id: str, study: str, reason: str = Status.KILLED, keep: str | None = None
 ) -> int:
     """Mark every RUNNING run of `study` but `keep` KILLED (tag status=reason); returns how many."""
     c = client(uri)
@@ -158,14 +136,15 @@ def close_out(
     for run in study_runs(c, experiment_id, study, status="RUNNING"):
         if run.info.run_id == keep:
             continue
-        if run.data.tags.get("role") == "trial":
-            c.set_tag(run.info.run_id, "status", reason)
+        if run.data.tags.get(Tag.ROLE) == Role.TRIAL:
+            c.set_tag(run.info.run_id, Tag.STATUS, reason)
         c.set_terminated(run.info.run_id, status="KILLED")
         n += 1
     return n
 
 
 def log_json(c, run_id: str, payload: Any, name: str) -> None:
+    """`payload` as the JSON artifact `name` of the run (schema.Artifact names them)."""
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder, name)
         path.write_text(json.dumps(payload, indent=2) + "\n")

@@ -15,7 +15,13 @@ from cluster import MlflowServer
 from PIL import Image
 from study_helpers import REPO, StudyEnv, write_search
 
+from flairseg.config import TrainConfig
+from study import schema, tracking
+from study.schema import Param, Role, Status, Tag
+
 FIGURES = 8
+SPLIT = {"train": ["O'Brien_1", "p2"], "val": ["b"], "test": ["c"]}  # a quote in an ID
+ONE_TRIAL = [{"model": "unet", "loss": "dice", "status": "completed", "curve": [0.1, 0.3, 0.5]}]
 
 FAMILY = """
 description: "two families, one stopped early, one failed"
@@ -98,68 +104,61 @@ def test_report_of_a_real_study_opens_clean_in_chromium(tmp_path: Path, phantom_
     }
 
 
-def _fake_study(env: StudyEnv, experiment: str, trials: list[dict]) -> None:
-    """A study written straight into MLflow as study.run lays it out (no Ray): degenerate cases."""
-    from mlflow.entities import Metric, Param
+def _fake_study(
+    env: StudyEnv, experiment: str, trials: list[dict], split: str | None = None
+) -> None:
+    """A study written straight into MLflow through study.schema and study.tracking, as
+    study.run lays it out (no Ray): degenerate cases. `split` is the parent's split tag as
+    stored (default: the schema's JSON)."""
+    from mlflow.entities import Param as MlflowParam
 
-    c = env.client()
+    c = schema.client(env.mlflow_uri)
     exp = c.create_experiment(experiment)
     parent = c.create_run(
         exp,
         run_name="s #1",
         tags={
-            "study": "s",
-            "role": "study",
-            "invocation": "1",
-            "search": experiment,
-            "split": "{'train': ['a'], 'val': ['b'], 'test': ['c']}",
+            Tag.STUDY: "s",
+            Tag.ROLE: Role.STUDY,
+            Tag.INVOCATION: "1",
+            Tag.SEARCH: experiment,
+            Tag.SPLIT: schema.dump_split(SPLIT) if split is None else split,
         },
     )
-    c.log_param(parent.info.run_id, "objective", "val_iou (max)")
+    c.log_param(parent.info.run_id, Param.OBJECTIVE, schema.dump_objective("val_iou", "max"))
     for i, t in enumerate(trials):
+        config = TrainConfig(model=t["model"], loss=t["loss"], lr=0.001, epochs=3)
+        sampled = {"lr": config.lr}
         run = c.create_run(
             exp,
-            run_name=f"#{i} {t['model']} {t['loss']}",
+            run_name=tracking.run_name(i, config, sampled),
             tags={
-                "mlflow.parentRunId": parent.info.run_id,
-                "study": "s",
-                "role": "trial",
-                "optuna_trial": str(i),
-                "model": t["model"],
-                "loss": t["loss"],
-                "status": t["status"],
-                "epochs": str(len(t.get("curve", []))),
-                "planned_epochs": "3",
+                Tag.PARENT: parent.info.run_id,
+                Tag.STUDY: "s",
+                Tag.ROLE: Role.TRIAL,
+                Tag.OPTUNA_TRIAL: str(i),
+                Tag.MODEL: config.model,
+                Tag.LOSS: config.loss,
+                Tag.STATUS: t["status"],
+                Tag.EPOCHS: str(len(t.get("curve", []))),
+                Tag.PLANNED_EPOCHS: str(config.epochs),
             },
         )
-        c.log_batch(
-            run.info.run_id,
-            params=[
-                Param("model", t["model"]),
-                Param("loss", t["loss"]),
-                Param("sampled.lr", "0.001"),
-                Param("lr", "0.001"),
-            ],
-        )
-        metrics = [Metric("val_iou", v, 0, step + 1) for step, v in enumerate(t.get("curve", []))]
+        params = [MlflowParam(k, str(v)) for k, v in tracking.trial_params(config).items()]
+        params += [MlflowParam(Param.SAMPLED_PREFIX + k, str(v)) for k, v in sampled.items()]
+        c.log_batch(run.info.run_id, params=params)
         for step, v in enumerate(t.get("curve", [])):
-            metrics += [
-                Metric(f"val_{k}", v, 0, step + 1)
-                for k in ("dice", "pixel_accuracy", "mean_accuracy")
-            ]
-        if metrics:
-            c.log_batch(run.info.run_id, metrics=metrics)
-        c.set_terminated(run.info.run_id, "FINISHED" if t["status"] != "failed" else "FAILED")
+            scores = {f"val_{k}": v for k in ("iou", "dice", "pixel_accuracy", "mean_accuracy")}
+            tracking.log_metrics(c, run.info.run_id, scores, step=step + 1)
+        failed = t["status"] == Status.FAILED
+        c.set_terminated(run.info.run_id, "FAILED" if failed else "FINISHED")
     c.set_terminated(parent.info.run_id, "FINISHED")
 
 
 @pytest.mark.parametrize(
     ("trials", "said"),
     [
-        (
-            [{"model": "unet", "loss": "dice", "status": "completed", "curve": [0.1, 0.3, 0.5]}],
-            "no best model with saved predictions",
-        ),
+        (ONE_TRIAL, "no best model with saved predictions"),
         (
             [
                 {"model": "unet", "loss": "dice", "status": "failed"},
@@ -181,6 +180,47 @@ def test_degenerate_studies_say_what_is_missing(
     assert result.returncode == 0, result.stderr
     assert said in out.read_text()
     assert_opens_clean(out, tmp_path)
+
+
+@pytest.mark.parametrize("form", ["json", "old str(dict)"])
+def test_the_split_reads_in_either_stored_form(
+    tmp_path: Path, phantom_dir: Path, form: str
+) -> None:
+    """Stores written before the schema hold the split as `str(dict)`: the report still opens
+    and lists the patients (a quote in an ID would break a quote-replacing reader)."""
+    env = StudyEnv(tmp_path, phantom_dir)
+    stored = schema.dump_split(SPLIT) if form == "json" else str(SPLIT)
+    _fake_study(env, "splits", ONE_TRIAL, split=stored)
+    out = tmp_path / "r.html"
+    result = report(env, "--experiment", "splits", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "train: 2 patients (O&#x27;Brien_1, p2); val: 1 patients (b)" in out.read_text()
+    assert_opens_clean(out, tmp_path)
+
+
+def test_building_a_report_imports_no_torch(tmp_path: Path, phantom_dir: Path) -> None:
+    """The whole build (MLflow read, figures, page), not just the import, stays torch-free."""
+    env = StudyEnv(tmp_path, phantom_dir)
+    _fake_study(env, "light", ONE_TRIAL)
+    argv = [
+        "--mlflow-uri",
+        env.mlflow_uri,
+        "--experiment",
+        "light",
+        "--out",
+        str(tmp_path / "r.html"),
+    ]
+    code = (
+        "import sys\n"
+        "from dashboards.report import main\n"
+        f"assert main({argv!r}) == 0\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout
 
 
 @pytest.mark.parametrize(

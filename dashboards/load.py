@@ -1,0 +1,268 @@
+"""The report's one read of MLflow: a study's runs, curves and pictures as plain data.
+
+Everything a figure draws is loaded here, through the names of `study.schema`, so the
+figure builders hold no MLflow client and can be fed a `StudyData` made by hand. Nothing
+here imports torch: the report runs where only MLflow is installed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flairseg.errors import ConfigError
+from study import schema
+from study.schema import Param, Role, Tag
+
+# the base settings a reader compares trials on, in the report's order around the model
+# knobs: alpha and lr first, then the knobs, then epochs, then any other base setting
+LEADING = ("alpha", "lr")
+TRAILING = ("epochs",)
+GROUPING = ("model", "loss")  # the report's groups, never an axis
+
+
+@dataclass
+class EvolutionFrames:
+    """A trial's fixed val slices over its epochs, as its `evolution.npz` holds them.
+
+    images (K, H, W) uint8 FLAIR; masks (K, H, W) {0,1}; probs (E, K, H, W) uint8 (p*255).
+    """
+
+    names: list[str]
+    epochs: list[int]
+    images: np.ndarray
+    masks: np.ndarray
+    probs: np.ndarray
+
+    def prob(self, epoch_index: int, k: int) -> np.ndarray:
+        """The probability map (H, W) float32 in [0, 1] of slice `k` after one epoch."""
+        return self.probs[epoch_index][k].astype(np.float32) / 255
+
+
+@dataclass
+class Trial:
+    """One trial run: its tags and params as logged, its final metrics and its curve."""
+
+    run_id: str
+    name: str
+    number: int
+    model: str
+    loss: str
+    status: str
+    params: dict[str, str]  # training settings, in the order the study logged them
+    sampled: list[str]  # the settings Optuna proposed (`sampled.*`, short names)
+    metrics: dict[str, float]
+    epochs: int
+    planned: int
+    curve: list[tuple[int, float]] = field(default_factory=list)  # (epoch, objective)
+
+    @property
+    def group(self) -> str:
+        return f"{self.model} / {self.loss}"
+
+    @property
+    def ok(self) -> bool:
+        """Ended with scores: completed, or stopped early by ASHA."""
+        return schema.is_scored(self.status)
+
+    @property
+    def stopped(self) -> bool:
+        return schema.is_stopped(self.status)
+
+    @property
+    def knobs(self) -> list[str]:
+        """The knobs of this trial's model: every param that is not a base setting."""
+        return [k for k in self.params if schema.is_model_knob(k)]
+
+
+@dataclass
+class StudyData:
+    """One study as the report draws it; `tags` are its latest invocation's parent tags."""
+
+    experiment: str
+    study: str
+    uri: str
+    trials: list[Trial]
+    metric: str
+    mode: str
+    tags: dict[str, str] = field(default_factory=dict)
+    invocations: int = 1
+    wall_s: float = 0.0  # over all invocations
+    split: dict[str, list[str]] | None = None  # None: the tag is missing or unreadable
+    evolutions: dict[str, EvolutionFrames] = field(default_factory=dict)  # by run id
+
+    def best_of(self, trials: list[Trial]) -> Trial | None:
+        scored = [t for t in trials if t.ok and finite(t.metrics.get(self.metric))]
+        if not scored:
+            return None
+        pick = max if self.mode == "max" else min
+        return pick(scored, key=lambda t: t.metrics[self.metric])
+
+    def groups(self) -> dict[str, list[Trial]]:
+        out: dict[str, list[Trial]] = {}
+        for t in sorted(self.trials, key=lambda t: (t.model, t.loss, t.number)):
+            out.setdefault(t.group, []).append(t)
+        return out
+
+    def bests(self) -> list[Trial]:
+        """The best of each group and the best of the study: the trials with pictures."""
+        picks = [self.best_of(ts) for ts in self.groups().values()] + [self.best_of(self.trials)]
+        return list({t.run_id: t for t in picks if t is not None}.values())
+
+    def evolution_of(self, trial: Trial | None) -> EvolutionFrames | None:
+        """The trial's saved predictions, None if it has none or none with an epoch."""
+        frames = self.evolutions.get(trial.run_id) if trial is not None else None
+        return frames if frames is not None and len(frames.probs) else None
+
+    def hyperparameters(self) -> list[str]:
+        """The axes to compare trials on: params sampled by the search, or that vary.
+
+        A base setting varies if trials differ in it; a model knob if trials of one model
+        differ in it (`depth` of a U-Net and of a SETR are different things). Model and
+        loss are the groups, not axes. Order: alpha, lr, the model knobs as first logged,
+        epochs, then any other base setting in TrainConfig's order.
+        """
+        sampled = {k for t in self.trials for k in t.sampled}
+        seen = list(dict.fromkeys(k for t in self.trials for k in t.params))
+        picked = [k for k in seen if k not in GROUPING and (k in sampled or self._varies(k))]
+        knobs = [k for k in picked if schema.is_model_knob(k)]
+        rest = [k for k in schema.BASE_PARAMS if k in picked and k not in LEADING + TRAILING]
+        return (
+            [k for k in LEADING if k in picked]
+            + knobs
+            + [k for k in TRAILING if k in picked]
+            + rest
+        )
+
+    def _varies(self, key: str) -> bool:
+        values: dict[str, set[str]] = {}
+        for t in self.trials:
+            if key in t.params:
+                scope = t.model if schema.is_model_knob(key) else ""
+                values.setdefault(scope, set()).add(t.params[key])
+        return any(len(v) > 1 for v in values.values())
+
+
+def finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def load(uri: str, experiment: str, study: str | None = None) -> StudyData:
+    """Every run of one study from MLflow; an unknown experiment or study fails in one line.
+
+    Without `study`, the experiment's most recent one. The evolution pictures of each
+    group's best trial are read here too, so building the figures needs no client.
+    """
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    c = schema.client(uri)
+    try:
+        exp = c.get_experiment_by_name(experiment)
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            f"--mlflow-uri {uri}: cannot read the tracking store ({first[:200]})"
+        ) from None
+    if exp is None:
+        raise ConfigError(f"--experiment {experiment}: no such experiment in {uri}")
+    parents = _study_parents(c, exp.experiment_id, experiment, study)
+    study = parents[-1].data.tags[Tag.STUDY]
+    metric, mode = schema.load_objective(parents[-1].data.params.get(Param.OBJECTIVE))
+    trials = []
+    for run in schema.study_runs(c, exp.experiment_id, study, role=Role.TRIAL):
+        trial = _trial(run)
+        history = c.get_metric_history(run.info.run_id, metric)
+        trial.curve = sorted((m.step, m.value) for m in history)
+        trials.append(trial)
+    trials.sort(key=lambda t: t.number)
+    tags = dict(parents[-1].data.tags)
+    data = StudyData(
+        experiment,
+        study,
+        uri,
+        trials,
+        metric,
+        mode,
+        tags=tags,
+        invocations=len(parents),
+        wall_s=sum(
+            (p.info.end_time - p.info.start_time) / 1000
+            for p in parents
+            if p.info.end_time and p.info.start_time
+        ),
+        split=_split(tags.get(Tag.SPLIT, "")),
+    )
+    with tempfile.TemporaryDirectory(prefix="flairseg-report-") as folder:
+        for trial in data.bests():
+            frames = load_evolution(c, trial.run_id, folder)
+            if frames is not None:
+                data.evolutions[trial.run_id] = frames
+    return data
+
+
+def _study_parents(c: Any, experiment_id: str, experiment: str, study: str | None) -> list:
+    """The parent runs of `study` (the most recent study if None), by invocation."""
+    parents = schema.study_runs(c, experiment_id, None, role=Role.STUDY)
+    studies = sorted({p.data.tags.get(Tag.STUDY, "") for p in parents})
+    if study is None:
+        if not parents:
+            raise ConfigError(f"--experiment {experiment}: holds no study runs (made by study.run)")
+        study = max(parents, key=lambda p: p.info.start_time).data.tags[Tag.STUDY]
+    elif study not in studies:
+        raise ConfigError(
+            f"--study {study}: no such study in experiment {experiment}; "
+            f"studies there: {', '.join(studies) or 'none'}"
+        )
+    return sorted(
+        (p for p in parents if p.data.tags.get(Tag.STUDY) == study),
+        key=lambda p: int(p.data.tags.get(Tag.INVOCATION, 0)),
+    )
+
+
+def _trial(run: Any) -> Trial:
+    tags, params = run.data.tags, run.data.params
+    epochs = int(tags.get(Tag.EPOCHS, tags.get(Tag.EPOCHS_LOGGED, 0)) or 0)
+    prefix = Param.SAMPLED_PREFIX
+    return Trial(
+        run_id=run.info.run_id,
+        name=run.info.run_name or run.info.run_id[:8],
+        number=int(tags.get(Tag.OPTUNA_TRIAL, -1)),
+        model=tags.get(Tag.MODEL, params.get("model", "?")),
+        loss=tags.get(Tag.LOSS, params.get("loss", "?")),
+        status=tags.get(Tag.STATUS, "unknown"),
+        params={k: v for k, v in params.items() if not k.startswith(prefix)},
+        sampled=[k.removeprefix(prefix).split(".")[-1] for k in params if k.startswith(prefix)],
+        metrics=dict(run.data.metrics),
+        epochs=epochs,
+        planned=int(tags.get(Tag.PLANNED_EPOCHS, epochs) or epochs),
+    )
+
+
+def _split(text: str) -> dict[str, list[str]] | None:
+    try:
+        return schema.load_split(text)
+    except ValueError:
+        return None
+
+
+def load_evolution(c: Any, run_id: str, folder: str) -> EvolutionFrames | None:
+    """The run's `evolution.npz`, read into memory; None if it never wrote one."""
+    try:
+        path = Path(c.download_artifacts(run_id, schema.Artifact.EVOLUTION, folder))
+    except Exception:  # an artifact a failed or killed trial never wrote
+        return None
+    if not path.exists():
+        return None
+    with np.load(path) as z:
+        return EvolutionFrames(
+            names=[str(n) for n in z["names"]],
+            epochs=[int(e) for e in z["epochs"]],
+            images=z["images"],
+            masks=z["masks"],
+            probs=z["probs"],
+        )

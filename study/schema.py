@@ -1,0 +1,240 @@
+"""The tracking schema: every MLflow name the study writes and the report reads, in one place.
+
+`study` writes runs through these names and `dashboards` reads them back, so the two
+cannot drift apart. Structured values are stored as text with a writer and a reader
+here: the split as JSON (older stores hold `str(dict)`, still read), the objective as
+`"val_iou (max)"`. The module imports neither torch nor flairseg nor Ray/Optuna, so the
+report stays light; mlflow itself is imported only when a client is made.
+
+Layout (DESIGN.md): one experiment per search; per invocation a parent run (role study)
+with the search's settings as params; per trial a nested child run (role trial) with
+every training setting as a param, each sampled value again as `sampled.NAME`, every
+epoch's metrics as a step, and tags for its model, loss, status and epochs.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+
+class Tag:
+    """Tag names. On every run: STUDY, SEARCH, ROLE, DATA_FINGERPRINT."""
+
+    PARENT = "mlflow.parentRunId"  # a trial's parent run (MLflow's own nesting tag)
+    ROLE = "role"  # Role.STUDY or Role.TRIAL
+    STUDY = "study"
+    SEARCH = "search"
+    DATA_FINGERPRINT = "data_fingerprint"
+    # the parent run (one per invocation of study.run)
+    INVOCATION = "invocation"  # 1, 2, ... within the study
+    DATA = "data"  # the data folder
+    IMAGE_SIZE = "image_size"
+    PROFILE = "profile"
+    RESULTS = "results"  # the invocation's Tune folder
+    OPTUNA_STORAGE = "optuna_storage"
+    COMMAND = "command"  # the command line that reproduces the study
+    SPLIT = "split"  # the patient split: dump_split / load_split
+    BEST_TRIAL = "best_trial"
+    BEST_RUN = "best_run"
+    # a trial run
+    OPTUNA_TRIAL = "optuna_trial"  # the Optuna trial number
+    RAY_TRIAL_ID = "ray_trial_id"
+    MODEL = "model"
+    LOSS = "loss"
+    STATUS = "status"  # Status.*, or stopped_status(epoch)
+    PLANNED_EPOCHS = "planned_epochs"  # epochs the trial would run without early stopping
+    EPOCHS_LOGGED = "epochs_logged"  # the last epoch logged so far (a running trial)
+    EPOCHS = "epochs"  # the epochs it ran, set when it ends
+    STOPPED_AT_EPOCH = "stopped_at_epoch"
+    CHECKPOINT = "checkpoint"  # where its last checkpoint lives
+    NODE_IP = "node_ip"  # where it trained
+    ERROR = "error"  # a failed trial's last traceback line
+    TEST_SCORED = "test_scored"  # set on each model x loss group's best once scored on test
+
+
+class Role:
+    """Values of Tag.ROLE."""
+
+    STUDY = "study"
+    TRIAL = "trial"
+
+
+class Status:
+    """Values of a trial's Tag.STATUS; a trial ASHA stopped has `stopped_status(epoch)`."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    KILLED = "killed"  # its invocation was closed out
+    INTERRUPTED = "interrupted"  # its invocation was interrupted and can be resumed
+    STOPPED_PREFIX = "stopped"
+
+
+class Param:
+    """Param names of the parent run; a trial's params are its training settings."""
+
+    SEARCH = "search"
+    TRIALS = "trials"
+    OBJECTIVE = "objective"  # dump_objective / load_objective
+    MAX_EPOCHS = "max_epochs"
+    GRACE_PERIOD = "grace_period"
+    REDUCTION_FACTOR = "reduction_factor"
+    CONCURRENCY = "concurrency"
+    CPUS_PER_TRIAL = "cpus_per_trial"
+    SAMPLER_SEED = "sampler_seed"
+    PROFILE = "profile"
+    FAST_PATH = "fast_path"
+    COMPILE = "compile"
+    SAMPLED_PREFIX = "sampled."  # on a trial: `sampled.NAME`, the value Optuna proposed
+
+
+class Artifact:
+    """Artifact paths, relative to the run's artifact root."""
+
+    EVOLUTION_DIR = "evolution"  # a trial's val slices over the epochs: PNG strips and the .npz
+    EVOLUTION = "evolution/evolution.npz"
+    BEST_DIR = "best"  # the parent run: the best trial's weights
+    BEST_CONFIG = "best_config.json"
+    SEARCH = "search.json"
+    SUMMARY = "summary.json"
+    REPORT = "report.html"
+
+
+# Metric keys (DESIGN.md), the same in callbacks, Tune results, MLflow and JSON.
+METRIC_KEYS = (
+    "train_loss",
+    "val_loss",
+    "val_pixel_accuracy",
+    "val_mean_accuracy",
+    "val_iou",
+    "val_dice",
+    "val_volume_dice",
+)
+
+# The training settings every trial logs that are not a model's knobs (TrainConfig's
+# fields less flairseg.config.MODEL_KEYS; a test keeps them equal). Any other trial param
+# is a knob of the trial's model, so the report needs no list of knobs, nor torch.
+BASE_PARAMS = (
+    "model",
+    "loss",
+    "alpha",
+    "lr",
+    "batch_size",
+    "epochs",
+    "image_size",
+    "channels",
+    "seed",
+    "augment",
+    "val_fraction",
+    "test_fraction",
+    "split_seed",
+)
+
+DEFAULT_METRIC, DEFAULT_MODE = "val_iou", "max"
+
+
+def is_model_knob(param: str) -> bool:
+    """Whether a trial param is a knob of its model (not a base setting, not `sampled.*`)."""
+    return param not in BASE_PARAMS and not param.startswith(Param.SAMPLED_PREFIX)
+
+
+def stopped_status(epoch: int) -> str:
+    """The status of a trial ASHA stopped after `epoch` epochs: `stopped at epoch 3`."""
+    return f"{Status.STOPPED_PREFIX} at epoch {epoch}"
+
+
+def is_stopped(status: str) -> bool:
+    return status.startswith(Status.STOPPED_PREFIX)
+
+
+def is_scored(status: str) -> bool:
+    """Whether a trial with this status ended with scores: completed or stopped early."""
+    return status == Status.COMPLETED or is_stopped(status)
+
+
+def dump_split(split: Mapping[str, Sequence[str]]) -> str:
+    """The patient split `{"train": [...], "val": [...], "test": [...]}` as JSON text."""
+    return json.dumps({str(part): [str(p) for p in ids] for part, ids in split.items()})
+
+
+def load_split(text: str) -> dict[str, list[str]]:
+    """The split from its tag: JSON, or the older `str(dict)` form; ValueError if neither."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        try:
+            value = ast.literal_eval(text)  # a Python literal, never evaluated as code
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            raise ValueError(f"split {text[:80]!r}: neither JSON nor a Python dict") from None
+    if not isinstance(value, dict) or not all(
+        isinstance(ids, list | tuple) and all(isinstance(p, str) for p in ids)
+        for ids in value.values()
+    ):
+        raise ValueError(f"split {text[:80]!r}: not a mapping of part to patient IDs")
+    return {str(part): list(ids) for part, ids in value.items()}
+
+
+def dump_objective(metric: str, mode: str) -> str:
+    """The objective as the parent run's param: `val_iou (max)`."""
+    return f"{metric} ({mode})"
+
+
+def load_objective(text: str | None) -> tuple[str, str]:
+    """(metric, mode) from the param `val_iou (max)`; a missing param is val_iou, max."""
+    if not text:
+        return DEFAULT_METRIC, DEFAULT_MODE
+    metric, _, mode = text.strip().partition(" ")
+    return metric, mode.strip().strip("()") or DEFAULT_MODE
+
+
+def default_uri() -> str:
+    """MLFLOW_TRACKING_URI if set, else the SQLite store a bare `mlflow ui` here shows."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def client(uri: str) -> Any:
+    """An MlflowClient on `uri` (mlflow is imported here, on first use)."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def search_runs(c: Any, experiment_id: str, query: str) -> list:
+    """Every run of the experiment that matches `query`, page by page (1000 a page)."""
+    runs, token = [], None
+    while True:
+        page = c.search_runs([experiment_id], query, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def study_query(
+    study: str | None = None, role: str | None = None, status: str | None = None
+) -> str:
+    """The MLflow filter for runs of `study` (any study if None), a role and a run status."""
+    terms = []
+    if study is not None:
+        terms.append(f"tags.{Tag.STUDY} = '{study}'")
+    if role:
+        terms.append(f"tags.{Tag.ROLE} = '{role}'")
+    if status:
+        terms.append(f"attributes.status = '{status}'")
+    return " and ".join(terms)
+
+
+def study_runs(
+    c: Any,
+    experiment_id: str,
+    study: str | None,
+    role: str | None = None,
+    status: str | None = None,
+) -> list:
+    """All runs of `study` (every study's if None), optionally of one role and run status."""
+    return search_runs(c, experiment_id, study_query(study, role, status))
