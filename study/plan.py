@@ -1,0 +1,168 @@
+"""What one invocation will run, settled from the flags and the search file.
+
+`make_plan` checks everything a user can get wrong (storage, Ray address, search file,
+data folder) before anything is written; the only thing it writes is the MLflow
+experiment, once every check has passed. A `--resume` replaces the search, the MLflow
+target and the data with what the study's record holds (see `invocation.resumed`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flairseg.config import TrainConfig
+from flairseg.data import load_slices
+from flairseg.dataset import Dataset, make_dataset
+from flairseg.engine import Speed
+from flairseg.errors import ConfigError
+from flairseg.train import default_data
+from study import search as searches
+from study import tracking
+
+# flag (argparse dest) -> the search setting it overrides
+OVERRIDE_FLAGS = {
+    "trials": "trials",
+    "max_epochs": "max_epochs",
+    "concurrency": "concurrency",
+    "cpus_per_trial": "cpus",
+    "gpus_per_trial": "gpus",
+    "image_size": "image_size",
+    "epoch_scale": "epoch_scale",
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """An invocation's settings: the merged search, where it logs, what the flags asked."""
+
+    search: searches.Search  # the file merged with the profile and the flags
+    profile: str  # laptop | full (what --profile auto resolved to)
+    study_name: str
+    resume: bool  # --resume: finish the interrupted invocation instead of adding one
+    overrides: dict[str, Any]  # the flags that override the search, kept in the record
+    data_flag: str | None  # --data as given; empty or None means the synthetic default
+    loaded: tuple[Path, Dataset] | None  # the data, loaded to check it; None on a --resume
+    results_root: str  # Tune's folder or URI; each invocation gets STUDY/run-N under it
+    optuna_url: str
+    mlflow_uri: str
+    mlflow_uri_flag: str | None  # --mlflow-uri: on a --resume it beats the record's URI
+    experiment: str
+    experiment_flag: str | None  # --experiment: likewise
+    experiment_id: str | None  # None on a --resume until the record names the experiment
+    address: str | None  # a Ray cluster to join; None starts a fresh local Ray
+    trials_flag: int | None  # --trials: caps a grid's remaining runs
+    keep_concurrency: bool  # --concurrency was given: GPU packing must not raise it
+    seed: int  # the sampler seed of the study's first trial
+    speed: Speed  # how trials train (fast path, compile); never a hyperparameter
+    status_every: float  # seconds between progress lines
+    json_path: str | None  # --json: where the summary goes
+    resume_command: str  # what a user types to finish this invocation if it is interrupted
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    """The plan for parsed, range-checked flags; raises ConfigError naming the flag."""
+    storage_root = results_root(args.storage)
+    optuna_url = args.optuna_storage or (
+        f"sqlite:///{storage_root}/optuna.db" if "://" not in storage_root else None
+    )
+    if optuna_url is None:
+        raise ConfigError(
+            f"--storage {args.storage} is a URI: give --optuna-storage (a database URL)"
+        )
+    probe_address(args.address)
+
+    # the study's record decides what a --resume runs; a new invocation reads the file
+    profile = resolve_profile(args.profile, args.address)
+    overrides = overrides_from(args)
+    search = searches.load(args.search, profile, overrides)
+    study_name = args.study or search.name
+    # check everything a user can get wrong before anything is written
+    loaded = None if args.resume else load_data(args.data, search)
+    uri = args.mlflow_uri or tracking.default_uri()
+    experiment = args.experiment or search.name
+    # a --resume logs where its invocation logged (read from the study's record later)
+    experiment_id = None if args.resume else tracking.open_experiment(uri, experiment)
+    return Plan(
+        search=search,
+        profile=profile,
+        study_name=study_name,
+        resume=bool(args.resume),
+        overrides=overrides,
+        data_flag=args.data,
+        loaded=loaded,
+        results_root=storage_root,
+        optuna_url=optuna_url,
+        mlflow_uri=uri,
+        mlflow_uri_flag=args.mlflow_uri,
+        experiment=experiment,
+        experiment_flag=args.experiment,
+        experiment_id=experiment_id,
+        address=args.address,
+        trials_flag=args.trials,
+        keep_concurrency=args.concurrency is not None,
+        seed=args.seed,
+        speed=Speed(fast=not args.no_fast_path, compile=args.compile),
+        status_every=args.status_every,
+        json_path=args.json,
+        resume_command=(
+            f"python -m study.run --search {args.search} --study {study_name} "
+            f"--storage {args.storage}"
+            + (f" --optuna-storage {args.optuna_storage}" if args.optuna_storage else "")
+            + " --resume"
+        ),
+    )
+
+
+def results_root(storage: str) -> str:
+    """--storage as Tune wants it: a URI unchanged, a folder made absolute."""
+    if "://" in storage:
+        return storage.rstrip("/")
+    return str(Path(storage).resolve())
+
+
+def probe_address(address: str | None) -> None:
+    """An unreachable Ray address fails in seconds with one line, not after Ray's retries."""
+    if address in (None, "auto", "local") or address.startswith("ray://"):
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"--address {address}: give HOST:PORT of the Ray head (or auto)")
+    try:
+        with socket.create_connection((host, int(port)), timeout=5):
+            pass
+    except OSError as err:
+        raise ConfigError(
+            f"--address {address}: no Ray head answers there ({err.strerror or err})"
+        ) from None
+
+
+def resolve_profile(profile: str, address: str | None) -> str:
+    """`auto` is the laptop profile unless there is a GPU here or a cluster to join."""
+    if profile != "auto":
+        return profile
+    return "full" if address or torch.cuda.is_available() else "laptop"
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
+    """The search settings the flags override (flags left unset keep the file's values)."""
+    return {
+        key: getattr(args, flag)
+        for flag, key in OVERRIDE_FLAGS.items()
+        if getattr(args, flag) is not None
+    }
+
+
+def load_data(data: str | None, search: searches.Search) -> tuple[Path, Dataset]:
+    """The data folder and its dataset at the search's image size and split."""
+    folder = Path(data) if data else default_data()
+    if data and not folder.is_dir():
+        raise ConfigError(f"--data {data}: no such folder")
+    base = TrainConfig.from_dict(search.fixed)
+    slices = load_slices(folder, base.image_size)
+    return folder, make_dataset(slices, base)

@@ -1,0 +1,204 @@
+"""What an invocation produced: counts read back from MLflow, the best trial scored once on
+test, and the HTML report.
+
+Selection stays on val. Test describes the study's best trial and, for the family
+report, the best trial of each model x loss group; each is scored once, from its
+checkpoint, on the trials' device and precision so val matches what the trial logged.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from flairseg.config import TrainConfig
+from flairseg.dataset import Dataset
+from flairseg.engine import FAST, Speed, load_checkpoint, model_from_checkpoint, score_model
+from flairseg.evolution import STATE_FILE
+from study import schema, tracking
+from study import search as searches
+from study.schema import Artifact, Role, Tag
+
+if TYPE_CHECKING:
+    from study.invocation import Opened
+
+
+def summarise(opened: Opened, seconds: float, device: torch.device) -> dict[str, Any]:
+    """Counts from the invocation's MLflow children; the study's best trial scored on test.
+
+    The summary goes on the parent run as summary.json, and is what --json writes.
+    """
+    plan = opened.plan
+    c = opened.client
+    trial_runs = tracking.study_runs(c, plan.experiment_id, plan.study_name, role=Role.TRIAL)
+    children = [r for r in trial_runs if r.data.tags.get(Tag.PARENT) == opened.parent_id]
+    summary: dict[str, Any] = {
+        "study": plan.study_name,
+        "search": plan.search.name,
+        **count_trials(children),
+        "objective": plan.search.metric,
+        "study_trials": len(opened.study.trials),
+    }
+    summary.update(score_best(opened, trial_runs, device))
+    summary["seconds"] = round(seconds, 1)
+    summary["invocation"] = opened.record.number
+    summary["data"] = str(opened.data_dir)
+    summary["split"] = opened.data.split.to_dict()
+    tracking.log_json(c, opened.parent_id, summary, Artifact.SUMMARY)
+    return summary
+
+
+def count_trials(runs: list) -> dict[str, Any]:
+    """Trials by status, ASHA's stops by epoch, and the epochs spent against the epochs
+    the same trials would have run without early stopping."""
+    by_status: dict[str, int] = {}
+    stops: dict[int, int] = {}
+    spent = without = 0
+    for run in runs:
+        tags = run.data.tags
+        status = tags.get(Tag.STATUS, "unknown")
+        epochs = int(tags.get(Tag.EPOCHS, tags.get(Tag.EPOCHS_LOGGED, 0)) or 0)
+        planned = int(tags.get(Tag.PLANNED_EPOCHS, epochs) or epochs)
+        key = "stopped" if schema.is_stopped(status) else status
+        by_status[key] = by_status.get(key, 0) + 1
+        if key == "stopped":
+            stops[epochs] = stops.get(epochs, 0) + 1
+        spent += epochs
+        without += epochs if key in ("failed", "killed") else planned
+    return {
+        "trials": by_status,
+        "stopped_at_epoch": {str(k): v for k, v in sorted(stops.items())},
+        "epochs_spent": spent,
+        "epochs_without_stopping": without,
+    }
+
+
+def score_best(opened: Opened, trial_runs: list, device: torch.device) -> dict[str, Any]:
+    """The study's best trial, scored on val and test and logged on the parent run; then
+    each group's best on test. Empty when no trial completed or left a checkpoint."""
+    import optuna
+
+    study, plan, c = opened.study, opened.plan, opened.client
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not complete:
+        return {}
+    best = study.best_trial
+    runs = [r for r in trial_runs if r.data.tags.get(Tag.OPTUNA_TRIAL) == str(best.number)]
+    if not runs or Tag.CHECKPOINT not in runs[0].data.tags:
+        return {}
+    run = runs[0]
+    config, ckpt, scores = score_checkpoint(
+        run.data.tags[Tag.CHECKPOINT], opened.data, c, opened.parent_id, device, plan.speed
+    )
+    found = {
+        "best_trial": best.number,
+        "best_run": run.info.run_id,
+        "best_name": run.info.run_name,
+        "best_epochs": int(ckpt["epoch"]),
+        "best_config": config.to_dict(),
+        **{k: round(v, 6) for k, v in scores.items()},
+    }
+    tracking.log_metrics(c, opened.parent_id, scores)
+    tracking.log_json(c, opened.parent_id, config.to_dict(), Artifact.BEST_CONFIG)
+    c.set_tag(opened.parent_id, Tag.BEST_TRIAL, str(best.number))
+    c.set_tag(opened.parent_id, Tag.BEST_RUN, run.info.run_id)
+    if opened.data.test is not None:
+        score_group_bests(c, trial_runs, plan.search, opened.data, device, plan.speed)
+    return found
+
+
+def succeeded(summary: dict[str, Any]) -> bool:
+    """Some trial completed (or was stopped by ASHA) and the best one was scored."""
+    return (
+        "best_config" in summary
+        and sum(v for k, v in summary["trials"].items() if k in ("completed", "stopped")) > 0
+    )
+
+
+def score_checkpoint(
+    where: str,
+    data: Dataset,
+    c: Any = None,
+    parent_id: str | None = None,
+    device: torch.device | None = None,
+    speed: Speed = FAST,
+) -> tuple[TrainConfig, dict[str, Any], dict[str, float]]:
+    """Load a trial's checkpoint and score it on val and (once) on test, on `device` with
+    the trials' `speed` (precision and layout), so val matches what the trial logged."""
+    from ray import tune
+
+    with tune.Checkpoint(where).as_directory() as folder:
+        state_file = Path(folder) / STATE_FILE
+        ckpt = load_checkpoint(state_file)
+        config, model = model_from_checkpoint(ckpt)
+        loss = config.build_loss()
+        parts = {"val": data.val} | ({"test": data.test} if data.test is not None else {})
+        scores = score_model(model, parts, loss, device or torch.device("cpu"), speed)
+        if c is not None and parent_id is not None:
+            c.log_artifact(parent_id, str(state_file), Artifact.BEST_DIR)
+    return config, ckpt, scores
+
+
+def score_group_bests(
+    c: Any,
+    trial_runs: list,
+    search: searches.Search,
+    data: Dataset,
+    device: torch.device | None,
+    speed: Speed,
+) -> None:
+    """The best trial of each model x loss group gets its test scores, for the family report.
+
+    Selection stays on val; test only describes the group's best, once per trial.
+    """
+    groups: dict[tuple[str, str], Any] = {}
+    pick = max if search.mode == "max" else min
+    for run in trial_runs:
+        tags, value = run.data.tags, run.data.metrics.get(search.metric)
+        ok = schema.is_scored(tags.get(Tag.STATUS, ""))
+        if not ok or value is None or not math.isfinite(value) or Tag.CHECKPOINT not in tags:
+            continue
+        key = (tags.get(Tag.MODEL, "?"), tags.get(Tag.LOSS, "?"))
+        if key not in groups or pick(value, groups[key].data.metrics[search.metric]) == value:
+            groups[key] = run
+    for run in groups.values():
+        if "test_iou" in run.data.metrics:
+            continue
+        try:
+            where = run.data.tags[Tag.CHECKPOINT]
+            _, _, scores = score_checkpoint(where, data, device=device, speed=speed)
+        except Exception as err:  # a checkpoint that is gone must not sink the study
+            print(f"warning: {run.info.run_name}: not scored on test ({err})")
+            continue
+        tracking.log_metrics(
+            c, run.info.run_id, {k: v for k, v in scores.items() if k.startswith("test_")}
+        )
+        c.set_tag(run.info.run_id, Tag.TEST_SCORED, "best of its model and loss")
+
+
+def report_path(tune_path: str) -> str:
+    """Beside the invocation's Tune folder; a temporary file when that is a URI (the copy
+    that matters is the one logged on the parent run)."""
+    if "://" not in tune_path:
+        return f"{tune_path}/{Artifact.REPORT}"
+    return str(Path(tempfile.mkdtemp(prefix="flairseg-report-")) / Artifact.REPORT)
+
+
+def write_report(uri: str, experiment: str, study_name: str, parent_id: str, out: str) -> None:
+    """`python -m dashboards.report` in a child process: study does not import the layer above."""
+    argv = [
+        sys.executable, "-m", "dashboards.report", "--experiment", experiment,
+        "--study", study_name, "--mlflow-uri", uri, "--out", out, "--log-to-run", parent_id,
+    ]  # fmt: skip
+    result = subprocess.run(argv, capture_output=True, text=True)
+    if result.returncode == 0:
+        print(f"  report: {out} (and on the parent run)")
+    else:
+        why = (result.stderr.strip().splitlines() or ["unknown error"])[-1]
+        print(f"warning: the report was not written: {why}")

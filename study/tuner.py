@@ -1,0 +1,197 @@
+"""Ray and Tune: start Ray, share the GPUs out, build the Tuner, run it.
+
+Optuna (TPE, seeded) proposes through `StudySearch`, ASHA stops on the epoch counter,
+Tune places the trials. Ray, Tune and Optuna are imported inside the functions: a
+`--list` or a bad flag must not pay for them, or start Ray.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from flairseg.dataset import Dataset
+from flairseg.engine import FAST, Speed
+from flairseg.errors import ConfigError
+from study import search as searches
+
+
+@dataclass(frozen=True)
+class TuneJob:
+    """What one Tune run is built from."""
+
+    search: searches.Search
+    data: Dataset  # handed to every trial through the object store
+    study_name: str  # the Optuna study the searcher asks
+    storage: Any  # its Optuna storage
+    path: str  # the invocation's Tune folder or URI (STUDY/run-N)
+    callback: Any  # the driver's Tune callback (MLflow runs, progress lines)
+    trials: int
+    seed: int  # the sampler's seed
+    resume: bool  # restore the Tune state at `path` instead of starting afresh
+    speed: Speed = FAST
+
+
+def start_ray(address: str | None) -> None:
+    """Join the cluster at `address`, or start a fresh Ray on this machine."""
+    import ray
+
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "logging_level": logging.ERROR,
+    }
+    # without --address: always a fresh Ray on this machine ("local"); a bare ray.init() would
+    # join any cluster a `ray start` left running here, and its busy or dying nodes with it
+    kwargs["address"] = address or "local"
+    try:
+        ray.init(**kwargs)
+    except Exception as err:  # ConnectionError and friends, worded by Ray
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            f"--address {address}: cannot join the Ray cluster ({first[:200]})"
+        ) from None
+
+
+def gpus_per_trial(search: searches.Search) -> float:
+    """The search's GPUs per trial; `auto` is one when the cluster has a GPU, else none."""
+    if search.gpus != "auto":
+        return float(search.gpus)
+    import ray
+
+    return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+
+
+def pack_gpus(search: searches.Search) -> searches.Search:
+    """With a fraction of a GPU per trial, run as many at once as the cluster's GPUs hold.
+
+    `--gpus-per-trial 0.25` on one GPU means four trials side by side; the search's
+    concurrency would otherwise cap them (an explicit --concurrency still wins).
+    """
+    gpus = gpus_per_trial(search)
+    if not 0 < gpus < 1:
+        return search
+    import ray
+
+    fits = int(ray.cluster_resources().get("GPU", 0) / gpus + 1e-9)
+    if fits <= search.concurrency:
+        return search
+    return dataclasses.replace(search, concurrency=fits)
+
+
+def scoring_device(gpus: float) -> torch.device:
+    """The device a trial trains on, for the driver's scores: CUDA when trials get `gpus`
+    and this process sees one, else the CPU."""
+    return torch.device("cuda" if gpus > 0 and torch.cuda.is_available() else "cpu")
+
+
+def make_tuner(job: TuneJob) -> tuple[Any, float]:
+    """The Tuner for `job` (restored from its folder on a resume) and the GPUs per trial."""
+    from ray import tune
+
+    gpus = gpus_per_trial(job.search)
+    trainable = _trainable(job, gpus)
+    if job.resume:
+        return tune.Tuner.restore(job.path, trainable=trainable, resume_unfinished=True), gpus
+    search = job.search
+    storage_path, name = job.path.rsplit("/", 1)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=search.metric,
+            mode=search.mode,
+            search_alg=_searcher(job),
+            scheduler=_scheduler(search),
+            num_samples=job.trials,
+            max_concurrent_trials=search.concurrency,
+            reuse_actors=True,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            callbacks=[job.callback],
+            verbose=0,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
+    )
+    return tuner, gpus
+
+
+def _trainable(job: TuneJob, gpus: float) -> Any:
+    """The trial function with the data bound and its CPU/GPU share declared."""
+    from ray import tune
+
+    from study.trainable import run_trial
+
+    search = job.search
+    return tune.with_resources(
+        tune.with_parameters(
+            run_trial, data=job.data, threads=max(1, int(search.cpus)), speed=job.speed
+        ),
+        {"cpu": search.cpus, "gpu": gpus},
+    )
+
+
+def _searcher(job: TuneJob) -> Any:
+    """Seeded TPE over the study's Optuna storage, so every invocation sees the earlier ones."""
+    import optuna
+
+    from study.searcher import StudySearch
+
+    search = job.search
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # multivariate/group TPE are marked experimental; they are what conditional spaces need
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    conditional = any(d.model or d.when for d in search.dims)
+    sampler = optuna.samplers.TPESampler(
+        seed=job.seed,
+        n_startup_trials=search.startup_trials,
+        multivariate=conditional,
+        group=conditional,
+    )
+    return StudySearch(
+        experiment_path=job.path,
+        space=search,
+        metric=search.metric,
+        mode=search.mode,
+        sampler=sampler,
+        study_name=job.study_name,
+        storage=job.storage,
+    )
+
+
+def _scheduler(search: searches.Search) -> Any:
+    """ASHA on the epoch counter, or first-in-first-out when the search turns it off."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if not search.asha.enabled:
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr="epoch",
+        max_t=search.asha.max_epochs,
+        grace_period=search.asha.grace_period,
+        reduction_factor=search.asha.reduction_factor,
+    )
+
+
+def trial_dirname(trial: Any) -> str:
+    """`trial-0003-<ray id>` instead of Ray's name built from every config value."""
+    return f"trial-{int(trial.config['optuna_trial']):04d}-{trial.trial_id}"
+
+
+def fit(tuner: Any) -> float:
+    """Run the trials; the seconds it took. Ctrl+C ends it early with Tune's state saved."""
+    started = time.monotonic()
+    logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
+    with contextlib.suppress(KeyboardInterrupt):
+        tuner.fit()  # Ray catches Ctrl+C itself: it saves its state and returns early
+    return time.monotonic() - started
