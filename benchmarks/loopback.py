@@ -91,7 +91,9 @@ class RayNode:
         stop(self.proc, signal.SIGKILL)
 
     def close(self) -> None:
-        stop(self.proc)
+        # `ray start --block` ends its node on SIGINT (about a second); SIGTERM leaves it
+        # running until stop's fallback SIGKILL
+        stop(self.proc, signal.SIGINT)
 
 
 def wait_nodes(address: str, n: int, timeout: float = 90) -> None:

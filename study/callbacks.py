@@ -124,8 +124,12 @@ class StudyCallback(Callback):
         run_id = self._run_of(trial)
         if run_id is None:
             return
-        for earlier in json.loads(result.get("resumed_history") or "[]"):
-            self._log_epoch(run_id, earlier)  # epochs whose logging a killed driver missed
+        if "resumed_history" in result:  # the first report of a trial resumed from a checkpoint
+            history = json.loads(result["resumed_history"])
+            for earlier in history:
+                self._log_epoch(run_id, earlier)  # epochs whose logging a killed driver missed
+            resumed_from = int(history[-1]["epoch"]) if history else 0
+            self.client.set_tag(run_id, Tag.RESUMED_FROM, str(resumed_from))
         metrics = dict(result)
         if "time_this_iter_s" in result:
             metrics["epoch_seconds"] = result["time_this_iter_s"]

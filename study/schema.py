@@ -52,6 +52,7 @@ class Tag:
     EPOCHS = "epochs"  # the epochs it ran, set when it ends
     STOPPED_AT_EPOCH = "stopped_at_epoch"
     CHECKPOINT = "checkpoint"  # where its last checkpoint lives
+    RESUMED_FROM = "resumed_from_epoch"  # set when a trial went on from a checkpoint
     NODE_IP = "node_ip"  # where it trained
     ERROR = "error"  # a failed trial's last traceback line
     TEST_SCORED = "test_scored"  # set on each model x loss group's best once scored on test

@@ -55,6 +55,28 @@ class StudyEnv:
             env=self.env(),
         )
 
+    def run_here(self, *args: str) -> tuple[int, str, str]:
+        """`python -m study.run ARGS` in this process (for checks that fail before Ray
+        starts): exit status, stdout, stderr. Runs in `root`, as `run` does."""
+        import contextlib
+        import io
+
+        from flairseg.errors import run_cli
+        from study.cli import main
+
+        out, err = io.StringIO(), io.StringIO()
+        here = Path.cwd()
+        os.chdir(self.root)
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                try:
+                    run_cli(main, self.argv(*args)[3:])
+                except SystemExit as stop:
+                    code = stop.code if isinstance(stop.code, int) else 1
+        finally:
+            os.chdir(here)
+        return code, out.getvalue(), err.getvalue()
+
     def start(self, *args: str, log: str = "driver.log") -> tuple[subprocess.Popen, Path]:
         path = self.root / log
         handle = path.open("w")

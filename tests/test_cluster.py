@@ -47,7 +47,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
 
 def argv(env: StudyEnv, cluster: Cluster, *args: str) -> list[str]:
     out = env.argv(
-        "--image-size", "32", "--concurrency", "2", "--address", cluster.head.address,
+        # the laptop profile's small U-Nets: --address alone would pick the full profile
+        "--profile", "laptop", "--image-size", "32", "--concurrency", "2",
+        "--address", cluster.head.address,
         "--optuna-storage", cluster.pg.url("optuna"), *args,
     )  # fmt: skip
     out[out.index("--mlflow-uri") + 1] = cluster.server.url
@@ -161,6 +163,8 @@ def test_losing_the_worker_node_mid_study(
         ):
             break
         time.sleep(0.5)
+    else:
+        raise AssertionError(f"no trial trained on the worker node in 300 s:\n{log.read_text()}")
     cluster.node.kill()
     proc.wait(timeout=600)
     assert proc.returncode == 0, log.read_text()

@@ -112,12 +112,11 @@ def test_bad_search_file_fails_before_ray_naming_the_key(
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     env = StudyEnv(tmp_path, phantom_dir)
-    result = env.run("--search", str(path), timeout=120)
-    assert result.returncode == 2, result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    code, stdout, stderr = env.run_here("--search", str(path))
+    assert code == 2, stdout + stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
     assert culprit in lines[0]
-    assert "Traceback" not in result.stderr
     assert not (tmp_path / "studies").exists() and not (tmp_path / "mlflow.db").exists()
 
 
@@ -135,11 +134,21 @@ def test_bad_search_file_fails_before_ray_naming_the_key(
 def test_bad_flags_exit_2_in_one_line(
     tmp_path: Path, phantom_dir: Path, args: tuple[str, ...], culprit: str
 ) -> None:
-    result = StudyEnv(tmp_path, phantom_dir).run(*args, timeout=120)
-    assert result.returncode == 2, result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and culprit in lines[0], result.stderr
+    code, stdout, stderr = StudyEnv(tmp_path, phantom_dir).run_here(*args)
+    assert code == 2, stdout + stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and culprit in lines[0], stderr
     assert not (tmp_path / "studies").exists()
+
+
+def test_the_command_itself_fails_in_one_line_without_a_traceback(
+    tmp_path: Path, phantom_dir: Path
+) -> None:
+    """The checks above run in process; this one goes through `python -m study.run`."""
+    result = StudyEnv(tmp_path, phantom_dir).run("--search", "combo_alpha", "--trials", "0")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == ["error: --trials 0: must be at least 1"]
+    assert not (tmp_path / "studies").exists() and not (tmp_path / "mlflow.db").exists()
 
 
 def test_unreachable_mlflow_server_exits_2_quickly(tmp_path: Path, phantom_dir: Path) -> None:

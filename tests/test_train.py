@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from flairseg.config import TrainConfig
@@ -40,7 +39,7 @@ def test_short_run_learns(phantom_dir: Path) -> None:
     assert set(seen[0]) == METRIC_KEYS
     first, last = seen[0]["val_dice"], seen[-1]["val_dice"]
     assert last > 0.4 and last > first + 0.25, (first, last)
-    assert result.seconds < 60
+    assert not result.stopped_early
 
 
 def test_same_config_same_numbers(phantom_dir: Path) -> None:
@@ -154,4 +153,3 @@ def test_flairseg_imports_no_ray_optuna_mlflow() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
-    assert torch  # the library itself needs only torch, numpy and pillow
