@@ -30,47 +30,9 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from dashboards.figures import (
-    COLOURS,
-    SCORE_NAMES,
-    SCORES,
-    fig_best_table,
-    fig_curves,
-    fig_facts,
-    fig_family,
-    fig_hyper,
-    fig_parallel,
-)
-from dashboards.load import EvolutionFrames, StudyData, Trial, load, load_evolution
-from dashboards.page import FIGURES, LOADER, build, write
-from dashboards.pictures import fig_evolution, fig_overlays
+from dashboards.page import write
 from flairseg.errors import ArgumentParser, ConfigError, run_cli
 from study.schema import Artifact, client, default_uri
-
-__all__ = [  # the names callers used when the report was one module
-    "COLOURS",
-    "FIGURES",
-    "LOADER",
-    "SCORES",
-    "SCORE_NAMES",
-    "EvolutionFrames",
-    "StudyData",
-    "Trial",
-    "build",
-    "client",
-    "fig_best_table",
-    "fig_curves",
-    "fig_evolution",
-    "fig_facts",
-    "fig_family",
-    "fig_hyper",
-    "fig_overlays",
-    "fig_parallel",
-    "load",
-    "load_evolution",
-    "main",
-    "write",
-]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
