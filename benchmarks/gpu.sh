@@ -18,10 +18,16 @@ export PYTHONUNBUFFERED=1
 export FLAIRSEG_CACHE=${FLAIRSEG_CACHE:-/tmp/flairseg-cache}
 # $PYTHON, else the project's .venv where there is one (a CPU machine), else python3
 python=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv \
-    > "$out/nvidia-smi.txt" 2>&1
+# the basics, then what explains odd figures (exclusive compute mode fails packing, a MIG
+# slice has less than the datasheet peak); a field a driver lacks must not cost the basics
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  nvidia-smi --query-gpu=compute_mode,mig.mode.current,persistence_mode,power.limit --format=csv
+} > "$out/nvidia-smi.txt" 2>&1
 cat "$out/nvidia-smi.txt"
-timeout 20 "$python" -m benchmarks.preflight --json "$out/preflight.json" \
+# one compile thread: no worker pool to start; the device facts are saved before the compile
+TORCHINDUCTOR_COMPILE_THREADS=1 timeout 20 "$python" -m benchmarks.preflight \
+    --json "$out/preflight.json" \
     || echo "preflight: failed or timed out (exit $?); measuring what can be measured"
 rm -f "$out/train_step_gpu.jsonl"
 # 400 s of measurements; the hard stop after it (HARD_STOP_S) only catches a hang in the

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from typing import Any
@@ -43,6 +44,7 @@ def main() -> int:
     else:
         found["device"] = "no CUDA device"
     print("preflight: " + json.dumps(found), flush=True)
+    dump(args.json, found)  # now, in case the compile below outlives the time limit
     if ok:
         started = time.perf_counter()
         try:
@@ -54,10 +56,17 @@ def main() -> int:
             found["compile"] = {"ok": False, "error": f"{type(err).__name__}: {err}"[:300]}
         ok = found["compile"]["ok"]
         print("preflight: compile " + json.dumps(found["compile"]), flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(found, f, indent=2)
+    dump(args.json, found)
     return 0 if ok else 1
+
+
+def dump(path: str | None, found: dict[str, Any]) -> None:
+    """Write what was found so far, whole or not at all (a reader never sees half a file)."""
+    if path:
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(found, f, indent=2)
+        os.replace(tmp, path)
 
 
 if __name__ == "__main__":

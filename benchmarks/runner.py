@@ -16,7 +16,9 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +41,15 @@ class Runner:
     `rows_path`: a JSON-lines file each row is appended to at once (None: console only).
     """
 
-    def __init__(self, budget_s: float, rows_path: str | None = None) -> None:
+    def __init__(
+        self,
+        budget_s: float,
+        rows_path: str | None = None,
+        on_row: Callable[[], None] | None = None,
+    ) -> None:
         self.deadline = time.monotonic() + budget_s
         self.rows_path = Path(rows_path) if rows_path else None
+        self.on_row = on_row  # e.g. rewrite the JSON record: a hard kill loses nothing kept
         self.rows: list[dict[str, Any]] = []
         self.failed: list[str] = []
         self._live: list[subprocess.Popen] = []
@@ -68,6 +76,8 @@ class Runner:
         else:
             shown = {k: v for k, v in row.items() if k not in ("section", "name")}
             print(f"  {row['name']}: {json.dumps(shown)}", flush=True)
+        if self.on_row is not None:
+            self.on_row()
         return row
 
     def run(
@@ -102,18 +112,24 @@ class Runner:
         results: list[dict[str, Any] | None] = []
         for name, proc in zip(names, procs, strict=True):
             try:
-                out, err = proc.communicate(timeout=max(0.1, ends - time.monotonic()))
+                proc.wait(timeout=max(0.1, ends - time.monotonic()))
             except subprocess.TimeoutExpired:
                 self._kill(proc)
-                out, err = proc.communicate()
+                proc.wait()
+                _, err = _read(proc)
                 results.append(self._failed(section, name, f"timed out after {limit:.0f} s", err))
                 continue
+            out, err = _read(proc)
             if proc.returncode != 0:
                 why = f"exit {proc.returncode}: {_last_line(err)}"
                 results.append(self._failed(section, name, why, err))
                 continue
-            row = {"section": section, "name": name, **json.loads(out.strip().splitlines()[-1])}
-            results.append(self.keep(row))
+            try:
+                row = json.loads(out.strip().splitlines()[-1])
+            except (IndexError, ValueError):  # something else printed last: keep going
+                results.append(self._failed(section, name, "exit 0 but no JSON row", err + out))
+                continue
+            results.append(self.keep({"section": section, "name": name, **row}))
         self._live.clear()
         return results
 
@@ -123,11 +139,14 @@ class Runner:
 
     def _start(self, spec: dict[str, Any], env: dict[str, str] | None) -> subprocess.Popen:
         argv = [sys.executable, "-m", "benchmarks.train_step", "--child", json.dumps(spec)]
-        # its own process group, so a timeout takes its workers (compile threads) with it
+        # output to files, not pipes: children side by side must never block on a full
+        # pipe that nobody reads yet; its own process group, so a timeout takes its
+        # workers (compile threads) with it
+        out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")  # noqa: SIM115  (closed by _read)
         proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-            start_new_session=True,
-        )  # fmt: skip
+            argv, stdout=out, stderr=err, text=True, env=env, start_new_session=True
+        )
+        proc.outputs = (out, err)  # type: ignore[attr-defined]
         self._live.append(proc)
         return proc
 
@@ -142,6 +161,16 @@ class Runner:
             print(f"--- {name}: the end of its stderr ---\n{tail}\n---", file=sys.stderr)
         self.keep({"section": section, "name": name, "error": why})
         return None
+
+
+def _read(proc: subprocess.Popen) -> tuple[str, str]:
+    """A finished child's stdout and stderr (from its files), which are then closed."""
+    texts = []
+    for f in proc.outputs:  # type: ignore[attr-defined]
+        f.seek(0)
+        texts.append(f.read())
+        f.close()
+    return texts[0], texts[1]
 
 
 def _last_line(text: str) -> str:

@@ -62,6 +62,11 @@ from flairseg.train import default_data, write_json
 MODELS = ("unet", "setr")
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (a container's cpuset, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def step_spec(args, device: torch.device, model: str, variant: str) -> dict[str, Any]:
     return {
         "kind": "step",
@@ -121,7 +126,7 @@ def run_packing(runner: Runner, args, device: torch.device) -> None:
             "epochs": args.packing_epochs,
             "width": args.packing_width,
             # the CPUs shared out as Ray would (cpus per trial), never oversubscribed
-            "threads": max(1, (os.cpu_count() or 1) // k),
+            "threads": max(1, usable_cpus() // k),
         }
         names = [f"{1 / k:g} device per trial, slot {i + 1} of {k}" for i in range(k)]
         runner.run_together("packing", names, [spec] * k, args.packing_limit_s)
@@ -183,12 +188,12 @@ def main(argv=None) -> int:
     args.steps = args.steps or (50 if cuda else 6)
     args.warmup = args.warmup or (20 if cuda else 2)
     args.repeats = args.repeats or (3 if cuda else 1)
-    runner = Runner(args.budget_s, args.rows)
+    runner = Runner(args.budget_s, args.rows, on_row=lambda: save(args, record, runner))
     record: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if cuda else "cpu",
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "cpus": os.cpu_count(),
+        "cpus": usable_cpus(),
         "argv": sys.argv[1:],
         "rows": runner.rows,
     }

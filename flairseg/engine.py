@@ -275,6 +275,9 @@ class Trainer:
         state.model.train()
         order = torch.randperm(len(part), generator=state.generator)
         draws = draw(len(order), state.generator) if config.augment else None
+        if device.type == "cuda":  # pinned: a truly asynchronous copy (pageable ones block)
+            order = order.pin_memory()
+            draws = draws.pin_memory() if draws is not None else None
         order = order.to(part.images.device, non_blocking=True)
         if draws is not None:
             draws = draws.to(device, non_blocking=True)
