@@ -6,7 +6,7 @@
 #   nvidia-smi.txt, preflight.json     what the machine is (a 20 s preflight, kept even
 #                                      if everything after it fails)
 #   train_step_gpu.jsonl               one JSON line per measurement, the moment it is taken
-#   train_step_gpu.json                the figures so far, rewritten after every section
+#   train_step_gpu.json                the figures so far, rewritten after every row
 #   train_step_gpu.log                 the console
 # Each measurement runs in its own process under its own limit; the compile variants run
 # last. Exit status: that of benchmarks.train_step (0 all measured, 1 some failed: its

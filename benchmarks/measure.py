@@ -7,7 +7,6 @@ Needs torch, numpy and pillow only (plus flairseg): no Ray, Optuna or MLflow.
 
 from __future__ import annotations
 
-import os
 import resource
 import shutil
 import statistics
@@ -23,7 +22,7 @@ from flairseg.config import TrainConfig
 from flairseg.dataset import Part, load_dataset
 from flairseg.engine import Speed, Trainer, pick_device, train
 from flairseg.evolution import EVOLUTION_SLICES, Evolution, pick_slices, save_epoch
-from flairseg.speed import precision_name
+from flairseg.speed import allow_tf32, precision_name
 from flairseg.train import default_data
 
 
@@ -55,12 +54,6 @@ def count_flops(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss_f
         loss_fn(model(x), y).backward()
     model.zero_grad(set_to_none=True)
     return int(counter.get_total_flops())
-
-
-def allow_tf32(on: bool) -> None:
-    """Process-wide: TF32 for fp32 convolutions (cuDNN) and matrix products (cuBLAS)."""
-    torch.backends.cudnn.allow_tf32 = on
-    torch.backends.cuda.matmul.allow_tf32 = on
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -131,8 +124,6 @@ def _time_ours(spec: dict[str, Any], data, config, device) -> tuple[list[float],
 def measure_step(spec: dict[str, Any]) -> dict[str, Any]:
     """Time one variant of the training step: images/s (median of the repeats and their
     range), ms/step, peak memory, FLOPs of a step and the precision it ran in."""
-    if spec.get("threads"):
-        torch.set_num_threads(int(spec["threads"]))
     device = pick_device(spec["device"])
     variant, batch, steps = spec["variant"], spec["batch_size"], spec["steps"]
     knobs = dict(spec.get("knobs", {}))
@@ -252,7 +243,6 @@ def trial_slot(spec: dict[str, Any]) -> dict[str, Any]:
     a study's trial does (study.trainable): train, score val, predict the evolution slices,
     save the checkpoint and the evolution, and persist them with the metrics the way
     Ray Tune persists a reported checkpoint (a copy into the trial's storage folder)."""
-    torch.set_num_threads(spec["threads"])
     device = pick_device(spec["device"])
     config = TrainConfig(image_size=spec["image_size"], epochs=spec["epochs"], width=spec["width"])
     data = load_dataset(default_data(), config)
@@ -287,7 +277,8 @@ KINDS = {
 
 
 def run_child(spec: dict[str, Any]) -> dict[str, Any]:
+    """One measurement in this process; torch's threads as the spec says (the CPUs Ray
+    would give a trial), before anything runs."""
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     return KINDS[spec["kind"]](spec)

@@ -6,7 +6,7 @@
 
 Every measurement runs in a fresh process under its own time limit and the run's budget
 (`benchmarks.runner`); each row is printed and appended to `--rows` (JSON lines) as
-soon as it is measured, and `--json` is rewritten after every section, so a failure or
+soon as it is measured, and `--json` is rewritten after every row, so a failure or
 a timeout costs only its own row. Exit status: 0 when every measurement ran, 1 when
 some failed, timed out or did not fit the budget (the last line names them), 2 for bad
 arguments. Order: matmul peaks (CUDA), the step variants, threads, the sync check,
@@ -156,7 +156,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--limit-s", type=float, default=300, help="one step variant (default 300)")
     p.add_argument("--compile-limit-s", type=float, default=400, help="one compile variant")
     p.add_argument("--packing-limit-s", type=float, default=600, help="one packing level")
-    p.add_argument("--json", help="every figure so far, rewritten after each section")
+    p.add_argument("--json", help="every figure so far, rewritten after each row")
     p.add_argument("--rows", help="append each row as a JSON line the moment it is measured")
     p.add_argument("--child", help=argparse.SUPPRESS)
     return p
@@ -199,9 +199,8 @@ def main(argv=None) -> int:
     }
     print(f"benchmarks.train_step on {record['device']} (torch {torch.__version__})", flush=True)
     try:
-        sections(runner, args, device, record)
+        sections(runner, args, device)
     except (Stopped, KeyboardInterrupt):
-        runner.stop_children()
         print("stopped: keeping what was measured", file=sys.stderr)
         runner.failed.append("the rest (stopped)")
     finally:
@@ -216,8 +215,8 @@ def main(argv=None) -> int:
     return 0
 
 
-def sections(runner: Runner, args, device: torch.device, record: dict[str, Any]) -> None:
-    """Each section in turn, the record saved after each; the compile variants last."""
+def sections(runner: Runner, args, device: torch.device) -> None:
+    """Each section in turn (the runner saves the record after every row); compile last."""
     cuda = device.type == "cuda"
     for size in {args.image_size, 64}:
         load_dataset(default_data(), TrainConfig(image_size=size))  # decode before any timing
@@ -226,7 +225,6 @@ def sections(runner: Runner, args, device: torch.device, record: dict[str, Any])
         runner.run("peaks", "matmul 8192^3", {"kind": "peaks", "device": str(device)}, 120)
     print("\ntraining step", flush=True)
     run_steps(runner, args, device, lambda m: step_variants(m, cuda))
-    save(args, record, runner)
     if args.threads:
         print("\nCPU threads", flush=True)
         run_threads(runner, args)
@@ -242,11 +240,9 @@ def sections(runner: Runner, args, device: torch.device, record: dict[str, Any])
         spec = {"kind": "agreement", "device": str(device), "config": base.to_dict(),
                 "seeds": args.seeds}  # fmt: skip
         runner.run("agreement", "fast path against fp32", spec, args.limit_s * 2)
-    save(args, record, runner)
     if args.packing:
         print("\npacking", flush=True)
         run_packing(runner, args, device)
-        save(args, record, runner)
     if args.compile:
         print("\ncompile", flush=True)
         run_steps(runner, args, device, lambda m: ["compile"])

@@ -51,11 +51,20 @@ def exact_fp32() -> Iterator[None]:
     restored on the way out.
     """
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    allow_tf32(False)
     try:
         yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def allow_tf32(on: bool) -> None:
+    """Process-wide: TF32 for fp32 convolutions (cuDNN) and matrix products (cuBLAS).
+
+    The legacy flags, on purpose: torch refuses a mix of these and its newer
+    `fp32_precision` settings, so this project writes only these."""
+    torch.backends.cudnn.allow_tf32 = on
+    torch.backends.cuda.matmul.allow_tf32 = on
 
 
 def mixed_precision(device: torch.device, amp: bool = True) -> contextlib.AbstractContextManager:

@@ -18,10 +18,9 @@ from typing import Any
 from ray.tune import Callback
 
 from flairseg.config import TrainConfig
-from flairseg.evolution import Evolution
+from flairseg.evolution import EVOLUTION_FILE, Evolution
 from study import schema, tracking
 from study.schema import Artifact, Param, Role, Status, Tag
-from study.trainable import EVOLUTION_FILE
 
 STATUS_EVERY_S = 30.0
 CONFIG_KEYS = ("flairseg", "optuna_trial", "resume_from")  # what a trial config holds besides
