@@ -135,3 +135,38 @@ def test_the_seed_style_baseline_trains(model: str) -> None:
     before = [p.detach().clone() for p in net.parameters()]
     seed_style.train_steps(net, seed_style.loader(images, masks, 2), torch.device("cpu"), 2)
     assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
+
+
+def test_mfu_is_against_the_peak_of_each_rows_own_precision() -> None:
+    """On a GPU each row's MFU divides by its precision's peak: the datasheet's and the
+    measured matmul's (pure arithmetic on rows, so it is checked here without a GPU)."""
+    from benchmarks.tables import SHEET_PEAKS, step_summary
+
+    flops = 10**12  # per step; batch 10 -> 1 TFLOP per 10 images
+    rows = [
+        {"section": "peaks", "name": "matmul", "n": 8192, "fp32": 50.0, "tf32": 400.0,
+         "bf16": 800.0},
+        {"section": "steps", "name": "unet/plain", "model": "unet", "variant": "plain",
+         "precision": "fp32", "images_per_s": 100.0, "flops_per_step": flops},
+        {"section": "steps", "name": "unet/plain_tf32", "model": "unet",
+         "variant": "plain_tf32", "precision": "tf32", "images_per_s": 200.0},
+        {"section": "steps", "name": "unet/fast", "model": "unet", "variant": "fast",
+         "precision": "bf16", "images_per_s": 400.0, "flops_per_step": flops},
+        {"section": "steps", "name": "unet/compile", "model": "unet", "variant": "compile",
+         "precision": "bf16", "images_per_s": 500.0},
+        {"section": "steps", "name": "unet/augment", "error": "timed out after 90 s"},
+    ]  # fmt: skip
+    steps = {r["variant"]: r for r in step_summary(rows, "NVIDIA H100 80GB HBM3", batch=10)}
+    assert set(steps) == {"plain", "plain_tf32", "fast", "compile"}  # the failed row is left out
+    sheet = SHEET_PEAKS["H100"]
+    for variant, tflops in (("plain", 10.0), ("plain_tf32", 20.0), ("fast", 40.0)):
+        r = steps[variant]
+        assert r["tflops"] == tflops
+        assert r["mfu_sheet"] == round(tflops / sheet[r["precision"]], 4)
+        assert r["mfu_matmul"] == round(
+            tflops / {"fp32": 50, "tf32": 400, "bf16": 800}[r["precision"]], 4
+        )
+    assert steps["compile"]["flops_per_step"] == flops  # ours: counted once, on the fast row
+    assert steps["fast"]["ratio_to_plain"] == 4.0
+    pcie = step_summary(rows, "NVIDIA H100 PCIe", batch=10)
+    assert {r["variant"]: r["mfu_sheet"] for r in pcie}["fast"] == round(40.0 / 756.0, 4)

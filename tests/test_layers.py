@@ -79,3 +79,18 @@ def test_model_only_knob_names_live_in_the_model_files() -> None:
         if pattern.search(line)
     ]
     assert not found
+
+
+def test_private_attributes_of_the_libraries_only_in_the_adapters() -> None:
+    """Optuna's and Ray's private attributes are reached through study/adapters.py alone."""
+    import re
+
+    private = re.compile(r"\._(ot_trials|ot_study|trial_id|storage|study_id)\b")
+    found = [
+        f"{path.relative_to(REPO)}:{i}"
+        for path in python_files(*PACKAGES)
+        if path.name != "adapters.py"
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if private.search(line)
+    ]
+    assert not found

@@ -224,3 +224,26 @@ def test_training_uses_the_new_loss_knob(focal: str, phantom_dir: Path) -> None:
     FOCAL_GAMMAS.clear()
     train(config, load_dataset(phantom_dir, config), device="cpu")
     assert FOCAL_GAMMAS and set(FOCAL_GAMMAS) == {3.0}
+
+
+def test_the_new_knob_is_an_axis_of_the_report(tinynet: str) -> None:
+    """The report's axes come from the trials' params as study logs them: the new model's
+    knob becomes an axis and a knob of the best table with no change to dashboards."""
+    from dashboards.load import StudyData, Trial
+    from study.tracking import trial_params
+
+    trials = []
+    for number, kernel in enumerate((1, 3, 5)):
+        config = TrainConfig(model=tinynet, kernel=kernel, image_size=32)
+        params = {k: str(v) for k, v in trial_params(config).items()}
+        assert params["kernel"] == str(kernel)
+        trials.append(
+            Trial(
+                run_id=f"r{number}", name=f"#{number}", number=number, model=tinynet,
+                loss="combo", status="completed", params=params, sampled=["kernel"],
+                metrics={"val_iou": 0.1 * number}, epochs=1, planned=1,
+            )
+        )  # fmt: skip
+    data = StudyData("e", "s", "sqlite:///nowhere.db", trials, "val_iou", "max")
+    assert data.hyperparameters() == ["kernel"]
+    assert trials[0].knobs == ["kernel"]
