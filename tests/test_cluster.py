@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from cluster import MlflowServer, Postgres, RayNode, free_port, wait_nodes
-from study_helpers import StudyEnv, wait_for
+from study_helpers import StudyEnv, wait_for, write_search
 
 pytestmark = pytest.mark.slow
 
@@ -140,6 +140,17 @@ def test_a_scheduled_firing_killed_midway_is_closed_out_by_the_next(
     assert len(numbers) == len(set(numbers))  # no duplicate run for a trial
 
 
+LOST = """
+description: "U-Nets trained long enough to lose a node mid-trial"
+fixed: {model: unet, loss: combo, image_size: 32, unet: {width: 8}}
+space:
+  lr: {loguniform: [1.0e-4, 1.0e-2]}
+trials: 4
+asha: {enabled: false, max_epochs: 60}
+concurrency: 2
+"""
+
+
 def test_losing_the_worker_node_mid_study(
     tmp_path: Path, phantom_dir: Path, cluster: Cluster
 ) -> None:
@@ -147,14 +158,17 @@ def test_losing_the_worker_node_mid_study(
     import optuna
 
     env = StudyEnv(tmp_path, phantom_dir)
-    cmd = study_cmd(env, cluster, "lost-node", trials=4, epochs=40)
+    # no early stopping: laptop-sized trials are quick, and one that ASHA stops can end before
+    # the node is lost; each trial runs all its epochs, so the node dies mid-trial
+    search = write_search(tmp_path / "lost.yaml", LOST)
+    cmd = argv(env, cluster, "--search", str(search), "--study", "lost-node")
     log = tmp_path / "driver.log"
     proc = start_driver(env, cmd, log)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:  # until a trial trains on the node
         assert proc.poll() is None, log.read_text()
         try:
-            runs = server_runs(cluster, "combo_alpha")
+            runs = server_runs(cluster, "lost")
         except Exception:
             runs = []
         if any(
@@ -168,9 +182,7 @@ def test_losing_the_worker_node_mid_study(
     cluster.node.kill()
     proc.wait(timeout=600)
     assert proc.returncode == 0, log.read_text()
-    runs = [
-        r for r in server_runs(cluster, "combo_alpha") if r.data.tags.get("study") == "lost-node"
-    ]
+    runs = [r for r in server_runs(cluster, "lost") if r.data.tags.get("study") == "lost-node"]
     trials = [r for r in runs if r.data.tags.get("role") == "trial"]
     assert len(trials) == 4
     assert not [r for r in runs if r.info.status == "RUNNING"]
