@@ -22,13 +22,17 @@ from torch import nn
 
 from flairseg import metrics as M
 from flairseg.augment import augment, draw
+from flairseg.checkpoint import (  # noqa: F401  (re-exported: the engine's API)
+    CHECKPOINT_FORMAT,
+    load_checkpoint,
+    model_from_checkpoint,
+)
 from flairseg.config import TrainConfig
 from flairseg.dataset import Dataset, Part
+from flairseg.ensemble import Ensemble
 from flairseg.errors import ConfigError
 from flairseg.files import atomic_write
 from flairseg.speed import FAST, Speed, amp_dtype, layout, mixed_precision, true_fp32
-
-CHECKPOINT_FORMAT = 1
 
 
 class DivergedError(RuntimeError):
@@ -51,7 +55,8 @@ def seed_everything(seed: int) -> None:
 def predict_probs(
     model: nn.Module, images: torch.Tensor, batch_size: int = 32, amp: bool = True
 ) -> torch.Tensor:
-    """sigmoid(model(images)) in float32 on the images' device; shape (N, 1, H, W).
+    """sigmoid(model(images)) in float32 on the images' device; shape (N, 1, H, W); for an
+    Ensemble, the mean of its members' probabilities.
 
     `amp`: mixed precision on CUDA (see Speed); off, the model runs in fp32.
     """
@@ -60,9 +65,12 @@ def predict_probs(
     out = []
     with true_fp32(device, amp):
         for start in range(0, len(images), batch_size):
+            x = images[start : start + batch_size]
             with mixed_precision(device, amp):
-                logits = model(images[start : start + batch_size])
-            out.append(torch.sigmoid(logits.float()))
+                if isinstance(model, Ensemble):
+                    out.append(model.probs(x).float())
+                else:
+                    out.append(torch.sigmoid(model(x).float()))
     return torch.cat(out) if out else images.new_zeros((0, 1, *images.shape[2:]))
 
 
@@ -145,28 +153,6 @@ class TrainState:
         with atomic_write(path) as f:
             torch.save(self.state_dict(), f)
         return Path(path)
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint with `weights_only=True` (no code is unpickled)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: checkpoint does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many kinds for a foreign or damaged file
-        raise ConfigError(f"{path}: not a flairseg checkpoint ({type(err).__name__})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ConfigError(f"{path}: not a flairseg checkpoint (format {CHECKPOINT_FORMAT})")
-    return ckpt
-
-
-def model_from_checkpoint(ckpt: dict[str, Any]) -> tuple[TrainConfig, nn.Module]:
-    config = TrainConfig.from_dict(ckpt["config"])
-    model = config.build_model()
-    model.load_state_dict(ckpt["model"])
-    model.eval()
-    return config, model
 
 
 @dataclass
@@ -257,6 +243,20 @@ class Trainer:
         the host and copied batch by batch, as a plain loop does."""
         return part.to(self.device) if self.device.type == "cuda" and self.speed.fast else part
 
+    def run_epoch(self, epoch: int, train_part: Part, val_part: Part) -> dict[str, float]:
+        """Train one epoch, score `val_part`, record it in the state; the epoch's metrics.
+        Raises DivergedError on a NaN or infinite train loss."""
+        state, config = self.state, self.state.config
+        train_loss = self.train_epoch(train_part)
+        if not math.isfinite(train_loss):
+            raise DivergedError(f"train loss became {train_loss} at epoch {epoch} (lr={config.lr})")
+        metrics = {"epoch": epoch, "train_loss": train_loss}
+        amp = self.speed.fast
+        metrics.update(evaluate(state.model, val_part, self.loss_fn, "val", self.device, amp=amp))
+        state.epoch = epoch
+        state.history.append(metrics)
+        return metrics
+
     def train_epoch(self, part: Part) -> float:
         """One pass over `part` in a fresh random order; the mean train loss.
 
@@ -316,29 +316,17 @@ def train(
     then the same as if it had never stopped. `speed` chooses how it runs (see Speed),
     not what it learns. Raises DivergedError on a NaN loss.
     """
-    if data.image_size != config.image_size or data.channels != config.channels:
-        raise ConfigError(
-            f"data is {data.image_size} px x {data.channels} channels but the config asks for "
-            f"image_size={config.image_size}, channels={config.channels}"
-        )
+    check_fits(config, data)
     trainer = Trainer(config, device, speed)
     state, device = trainer.state, trainer.device
     state.extra = {"split": data.split.to_dict(), "fingerprint": data.fingerprint}
     if resume is not None:
-        _restore(state, resume if isinstance(resume, dict) else load_checkpoint(resume))
+        restore(state, resume if isinstance(resume, dict) else load_checkpoint(resume))
     train_part, val_part = trainer.to_device(data.train), trainer.to_device(data.val)
     started = time.perf_counter()
     stopped_early = False
     for epoch in range(state.epoch + 1, config.epochs + 1):
-        train_loss = trainer.train_epoch(train_part)
-        if not math.isfinite(train_loss):
-            raise DivergedError(f"train loss became {train_loss} at epoch {epoch} (lr={config.lr})")
-        metrics = {"epoch": epoch, "train_loss": train_loss}
-        metrics.update(
-            evaluate(state.model, val_part, trainer.loss_fn, "val", device, amp=speed.fast)
-        )
-        state.epoch = epoch
-        state.history.append(metrics)
+        metrics = trainer.run_epoch(epoch, train_part, val_part)
         report = EpochReport(epoch, metrics, state, device, speed)
         if on_epoch is not None and on_epoch(report):
             stopped_early = epoch < config.epochs
@@ -350,7 +338,22 @@ def train(
     )
 
 
-def _restore(state: TrainState, ckpt: dict[str, Any]) -> None:
+def check_fits(config: TrainConfig, data: Dataset) -> None:
+    """The data's image size and channels are the config's, or a ConfigError says which."""
+    if data.image_size != config.image_size or data.channels != config.channels:
+        raise ConfigError(
+            f"data is {data.image_size} px x {data.channels} channels but the config asks for "
+            f"image_size={config.image_size}, channels={config.channels}"
+        )
+
+
+def restore(state: TrainState, ckpt: dict[str, Any]) -> None:
+    """Load a checkpoint of the same config (epochs aside), data and split into `state`."""
+    if "folds" in ckpt:
+        raise ConfigError(
+            f"checkpoint is cross-validated ({len(ckpt['folds'])} folds): resume it with "
+            f"--folds {len(ckpt['folds'])}"
+        )
     saved = TrainConfig.from_dict(ckpt["config"])
     if saved.replace(epochs=state.config.epochs) != state.config:
         changed = [

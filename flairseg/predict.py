@@ -1,6 +1,8 @@
 """Predict masks with a trained model: `python -m flairseg.predict --checkpoint CKPT --input PATH --out DIR`.
 
 PATH is a patient folder of `NAME_N.tif` slices (masks optional) or one slice TIF.
+A cross-validated checkpoint (`flairseg.train --folds K --checkpoint`) predicts with
+the ensemble of its K fold models: the mean of their probabilities.
 For each slice it writes `NAME_N_pred.tif` (uint8 0/255 at the input's size) and
 `NAME_N_overlay.png` (FLAIR, ground truth where there is one, probability heat map).
 The slices of a folder are standardised together as one volume, as in training.
@@ -21,6 +23,7 @@ from flairseg import metrics as M
 from flairseg.data import SlicePair, discover_patient, read_image, read_mask, resize_image
 from flairseg.dataset import FLAIR, standardise, volume_stats
 from flairseg.engine import load_checkpoint, model_from_checkpoint, pick_device, predict_probs
+from flairseg.ensemble import Ensemble
 from flairseg.errors import ArgumentParser, DataError, run_cli
 from flairseg.viz import overlay_panels
 
@@ -83,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if mask is not None:
             counts.append(M.confusion(torch.from_numpy(pred)[None], torch.from_numpy(mask)[None]))
     summary = f"wrote {len(pairs)} predicted masks and overlays to {out}"
+    if isinstance(model, Ensemble):
+        summary += f" (the mean probability of the {len(model.members)} fold models)"
     if counts:
         s = M.micro(M.Confusion.cat(counts))
         summary += f"; against the {len(counts)} ground-truth masks: dice {s['dice']:.3f} iou {s['iou']:.3f}"

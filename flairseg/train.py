@@ -18,9 +18,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from flairseg.config import TrainConfig, field_types, knob_help
 from flairseg.data import cache_dir
-from flairseg.dataset import load_dataset
+from flairseg.dataset import Dataset, load_dataset
 from flairseg.engine import DivergedError, EpochReport, Speed, evaluate, pick_device, train
 from flairseg.errors import ArgumentParser, ConfigError, DataError, run_cli
 from flairseg.files import atomic_write
@@ -132,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", metavar="FILE", help="continue from a checkpoint of the same config"
     )
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    parser.add_argument(
+        "--folds",
+        type=int,
+        metavar="K",
+        help="patient K-fold cross-validation of the non-test patients (val_fraction unused): "
+        "K fold models, scored by their mean; test by their ensemble and one by one",
+    )
     add_speed_flags(parser)
     return parser
 
@@ -139,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = config_from_args(args)
+    if args.folds is not None:
+        from flairseg.train_cv import check_flag
+
+        check_flag(args.folds)
     for flag in ("json", "checkpoint"):
         target = getattr(args, flag)
         if target and Path(target).is_dir():
@@ -146,6 +159,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     data_dir = Path(args.data) if args.data else default_data()
     data = load_dataset(data_dir, config)
     device = pick_device(args.device)
+    if args.folds is not None:
+        from flairseg.train_cv import run_folds
+
+        return run_folds(args, config, data, data_dir, device)  # flairseg.train_cv
+    return run_single(args, config, data, data_dir, device)
+
+
+def run_single(
+    args: argparse.Namespace,
+    config: TrainConfig,
+    data: Dataset,
+    data_dir: Path,
+    device: torch.device,
+) -> int:
+    """Train on the single split, score test once, save; the exit status (1: diverged)."""
     print(
         f"training {describe(config)} for {config.epochs} epochs on {device}: {data_dir} "
         f"({len(data.train)}/{len(data.val)}/{len(data.test) if data.test else 0} slices, "
