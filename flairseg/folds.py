@@ -83,6 +83,17 @@ def make_folds(data: Dataset, folds: int, seed: int) -> tuple[Folds, list[Datase
     return plan, datasets
 
 
+def split_of(data: Dataset, folds: int | None, seed: int) -> dict[str, list[str]]:
+    """The patients a run uses, `{part: [names]}`: train, val and test of the single
+    split, or `fold 1` ... `fold K` and test when it is cross-validated."""
+    if not folds:
+        return data.split.to_dict()
+    dealt = assign_folds(data.split.train + data.split.val, folds, seed)
+    return {f"fold {k}": list(v) for k, v in enumerate(dealt, start=1)} | {
+        "test": list(data.split.test)
+    }
+
+
 def concat(a: Part, b: Part) -> Part:
     """The slices of two parts with disjoint patients, as one part."""
     if set(a.patients) & set(b.patients):

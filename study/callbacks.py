@@ -44,6 +44,7 @@ class StudyCallback(Callback):
         mode: str,
         total: int,
         status_every: float = STATUS_EVERY_S,
+        folds: int | None = None,
     ) -> None:
         self.uri = uri
         self.experiment_id = experiment_id
@@ -55,6 +56,7 @@ class StudyCallback(Callback):
         self.mode = mode
         self.total = total
         self.status_every = status_every
+        self.folds = folds  # K of a cross-validated study: tagged on each trial run
         self._client = None
         self._runs: dict[int, str] = {}
         self._last_step: dict[str, int] = {}
@@ -106,6 +108,8 @@ class StudyCallback(Callback):
             Tag.STATUS: Status.RUNNING,
             Tag.PLANNED_EPOCHS: str(config.epochs),
         }
+        if getattr(self, "folds", None):  # a callback pickled before folds existed has none
+            tags[Tag.FOLDS] = str(self.folds)
         run = self.client.create_run(
             self.experiment_id, run_name=tracking.run_name(number, config, sampled), tags=tags
         )
@@ -138,7 +142,9 @@ class StudyCallback(Callback):
         epoch = int(result.get("epoch", 0))
         if epoch <= self._last_step.get(run_id, 0):
             return  # a step already logged before an interruption
-        metrics = {k: result[k] for k in (*schema.METRIC_KEYS, "epoch_seconds") if k in result}
+        metrics = schema.epoch_metrics(result)
+        if "epoch_seconds" in result:
+            metrics["epoch_seconds"] = result["epoch_seconds"]
         tags = {Tag.EPOCHS_LOGGED: str(epoch)}
         if result.get("node_ip"):
             tags[Tag.NODE_IP] = str(result["node_ip"])  # where it trained

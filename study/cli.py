@@ -49,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, help="trials this invocation adds to the study")
     p.add_argument("--max-epochs", type=int, help="epoch budget per trial (ASHA's max_t)")
     p.add_argument("--epoch-scale", type=float, help="multiply grid/budget epoch counts")
+    p.add_argument(
+        "--folds",
+        type=int,
+        metavar="K",
+        help="every trial trains K patient folds and is ranked and stopped on their mean "
+        "(overrides the search file's cv: {folds: K})",
+    )
     p.add_argument("--concurrency", type=int, help="trials running at once")
     p.add_argument("--cpus-per-trial", type=float, help="CPUs (and torch threads) per trial")
     p.add_argument(
@@ -107,6 +114,8 @@ def check_args(args: argparse.Namespace) -> None:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise ConfigError(f"--{flag.replace('_', '-')} {value}: must be at least 1")
+    if args.folds is not None and args.folds < 2:
+        raise ConfigError(f"--folds {args.folds}: must be at least 2")
     if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
         raise ConfigError(f"--gpus-per-trial {args.gpus_per_trial}: must be at least 0")
 

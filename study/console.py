@@ -10,6 +10,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
+from flairseg.cvkeys import single_key, std_key
 from study import search as searches
 
 if TYPE_CHECKING:
@@ -75,14 +76,44 @@ def banner(opened: Opened, gpus: float) -> None:
             else ""
         )
         + f"), invocation #{record.number}: {record.trials} trials\n"
-        f"  data: {opened.data_dir} ({len(data.split.train)}/{len(data.split.val)}/{len(data.split.test)} patients "
-        f"train/val/test, {data.image_size} px)\n"
+        f"  data: {opened.data_dir} ({_patients(data, search.folds)}, {data.image_size} px)\n"
         f"  {budget}; objective {search.metric} ({search.mode})\n"
         f"  {search.concurrency} at a time, {search.cpus:g} CPU and {gpus:g} GPU per trial\n"
         f"  MLflow: {plan.mlflow_uri} (experiment {plan.experiment}); Optuna: {plan.optuna_url}; "
         f"Tune: {record.path}",
         flush=True,
     )
+
+
+def _scores(summary: dict[str, Any], part: str) -> str:
+    """`iou 0.5123  dice ...` of a part; `± sd` after each where the summary has the spread.
+    `part` is val, test, or test_single (the fold models scored one by one)."""
+    out = []
+    for name, metric in (
+        ("iou", "iou"),
+        ("dice", "dice"),
+        ("pixel_acc", "pixel_accuracy"),
+        ("mean_acc", "mean_accuracy"),
+        ("volume_dice", "volume_dice"),
+    ):
+        key = f"test_{metric}_single" if part == single_key("test") else f"{part}_{metric}"
+        text = f"{name} {summary[key]:.4f}"
+        if std_key(key) in summary:
+            text += f" ± {summary[std_key(key)]:.4f}"
+        out.append(text)
+    return "  ".join(out)
+
+
+def _patients(data: Any, folds: int | None) -> str:
+    """`4/2/2 patients train/val/test`, or cross-validated `6 patients in 3 folds, 2 test`."""
+    split = data.split
+    if folds:
+        pool = len(split.train) + len(split.val)
+        return (
+            f"{pool} patients in {folds} folds, each trial trains one model per fold; "
+            f"{len(split.test)} test"
+        )
+    return f"{len(split.train)}/{len(split.val)}/{len(split.test)} patients train/val/test"
 
 
 def print_summary(summary: dict[str, Any], seconds: float, uri: str, experiment: str) -> str:
@@ -111,16 +142,25 @@ def print_summary(summary: dict[str, Any], seconds: float, uri: str, experiment:
         f"{summary['best_epochs']} epochs"
     )
     print("  best config: " + " ".join(f"{k}={v}" for k, v in cfg.items() if v is not None))
-    for part in ("val", "test"):
-        if f"{part}_iou" in summary:
-            print(
-                f"  {part:<4} iou {summary[f'{part}_iou']:.4f}  dice {summary[f'{part}_dice']:.4f}  "
-                f"pixel_acc {summary[f'{part}_pixel_accuracy']:.4f}  "
-                f"mean_acc {summary[f'{part}_mean_accuracy']:.4f}  "
-                f"volume_dice {summary[f'{part}_volume_dice']:.4f}"
-            )
+    folds = summary.get("folds")
+    if not folds:
+        for part in ("val", "test"):
+            if f"{part}_iou" in summary:
+                print(f"  {part:<4} " + _scores(summary, part))
+    else:
+        labels = {
+            "val": f"val, mean of the {folds} folds (± sd)",
+            "test": f"test, the ensemble of the {folds} fold models",
+            single_key("test"): "test, one fold model (mean ± sd)",
+        }
+        for part, label in labels.items():
+            first = single_key("test_iou") if part == single_key("test") else f"{part}_iou"
+            if first in summary:
+                print(f"  {label}:\n    " + _scores(summary, part))
     print(f"  MLflow: mlflow ui --backend-store-uri {uri}  (experiment {experiment})")
     line = f"best {summary['objective']} {summary.get(summary['objective'], float('nan')):.4f} (trial #{summary['best_trial']})"
     if "test_iou" in summary:
         line += f", test iou {summary['test_iou']:.4f}"
+        if folds:
+            line += f" (ensemble of {folds} folds)"
     return line + f"; {total} trials, {spent}/{without} epochs"

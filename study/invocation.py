@@ -24,6 +24,7 @@ from typing import Any
 
 from flairseg.dataset import Dataset
 from flairseg.errors import ConfigError
+from flairseg.folds import split_of
 from study import ledger, schema, tracking
 from study import search as searches
 from study.plan import Plan, load_data
@@ -58,7 +59,7 @@ def open_invocation(plan: Plan, storage: Any) -> Opened | None:
             return None
         plan = resumed(plan, pending)
     data_dir, data = plan.loaded or load_data(plan.data_flag, plan.search)
-    claim_data(study, data, plan.study_name)
+    claim_data(study, data, plan.study_name, plan.search.folds)
     client = tracking.client(plan.mlflow_uri)
     # Ray starts before the parent run exists: packing fractional GPUs sets the
     # concurrency that the run's params and the record hold
@@ -116,17 +117,20 @@ def resumed(plan: Plan, pending: ledger.Invocation) -> Plan:
     )
 
 
-def claim_data(study: Any, data: Dataset, study_name: str) -> None:
-    """A study's trials are comparable only on one data set, image size and split: the
-    first invocation records them, a later one on other data is refused."""
+def claim_data(study: Any, data: Dataset, study_name: str, folds: int | None = None) -> None:
+    """A study's trials are comparable only on one data set, image size and split (and,
+    cross-validated, one K): the first invocation records them, a later one on other
+    data or another K is refused."""
     data_key = f"{data.fingerprint}:{data.image_size}px:{data.channels}ch:{data.split.to_dict()}"
+    if folds:
+        data_key += f":{folds} folds"
     owner = study.user_attrs.get("data_key")
     if owner is None:
         study.set_user_attr("data_key", data_key)
         study.set_user_attr("data_fingerprint", data.fingerprint)
     elif owner != data_key:
         raise ConfigError(
-            f"--study {study_name}: it was run on other data, image size or split "
+            f"--study {study_name}: it was run on other data, image size, split or --folds "
             f"({study.user_attrs.get('data_fingerprint', '?')[:12]}...); name another study"
         )
 
@@ -236,8 +240,15 @@ def _parent_tags(
         Tag.RESULTS: path,
         Tag.OPTUNA_STORAGE: plan.optuna_url,
         Tag.COMMAND: command,
-        Tag.SPLIT: schema.dump_split(data.split.to_dict()),
-    }
+        Tag.SPLIT: schema.dump_split(split_of(data, plan.search.folds, _split_seed(plan))),
+    } | ({Tag.FOLDS: str(plan.search.folds)} if plan.search.folds else {})
+
+
+def _split_seed(plan: Plan) -> int:
+    """The split seed every trial of the search shares (a shared setting, never sampled)."""
+    from flairseg.config import TrainConfig
+
+    return TrainConfig.from_dict(plan.search.fixed).split_seed
 
 
 def _parent_params(plan: Plan, trials: int) -> dict[str, Any]:
@@ -257,7 +268,7 @@ def _parent_params(plan: Plan, trials: int) -> dict[str, Any]:
         Param.PROFILE: plan.profile,
         Param.FAST_PATH: plan.speed.fast,
         Param.COMPILE: plan.speed.compile,
-    }
+    } | ({Param.FOLDS: search.folds} if search.folds else {})
 
 
 def trial_logger(opened: Opened) -> Any:
@@ -276,6 +287,7 @@ def trial_logger(opened: Opened) -> Any:
         mode=plan.search.mode,
         total=opened.record.trials,
         status_every=plan.status_every,
+        folds=plan.search.folds,
     )
 
 

@@ -21,6 +21,7 @@ from flairseg.data import load_slices
 from flairseg.dataset import Dataset, make_dataset
 from flairseg.engine import Speed
 from flairseg.errors import ConfigError
+from flairseg.folds import check_folds
 from flairseg.train import default_data
 from study import search as searches
 from study import tracking
@@ -34,6 +35,7 @@ OVERRIDE_FLAGS = {
     "gpus_per_trial": "gpus",
     "image_size": "image_size",
     "epoch_scale": "epoch_scale",
+    "folds": "folds",
 }
 
 
@@ -165,4 +167,7 @@ def load_data(data: str | None, search: searches.Search) -> tuple[Path, Dataset]
         raise ConfigError(f"--data {data}: no such folder")
     base = TrainConfig.from_dict(search.fixed)
     slices = load_slices(folder, base.image_size)
-    return folder, make_dataset(slices, base)
+    data = make_dataset(slices, base)
+    if search.folds is not None:
+        check_folds(search.folds, len(data.split.train) + len(data.split.val))
+    return folder, data

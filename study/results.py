@@ -18,9 +18,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from flairseg.config import TrainConfig
+from flairseg.cv import score_folds
 from flairseg.dataset import Dataset
 from flairseg.engine import FAST, Speed, load_checkpoint, model_from_checkpoint, score_model
+from flairseg.ensemble import Ensemble
 from flairseg.evolution import STATE_FILE
+from flairseg.folds import make_folds, split_of
 from study import schema, tracking
 from study import search as searches
 from study.schema import Artifact, Role, Tag
@@ -49,7 +52,11 @@ def summarise(opened: Opened, seconds: float, device: torch.device) -> dict[str,
     summary["seconds"] = round(seconds, 1)
     summary["invocation"] = opened.record.number
     summary["data"] = str(opened.data_dir)
-    summary["split"] = opened.data.split.to_dict()
+    folds = plan.search.folds
+    seed = TrainConfig.from_dict(plan.search.fixed).split_seed
+    summary["split"] = split_of(opened.data, folds, seed)
+    if folds:
+        summary["folds"] = folds
     tracking.log_json(c, opened.parent_id, summary, Artifact.SUMMARY)
     return summary
 
@@ -138,8 +145,14 @@ def score_checkpoint(
         ckpt = load_checkpoint(state_file)
         config, model = model_from_checkpoint(ckpt)
         loss = config.build_loss()
-        parts = {"val": data.val} | ({"test": data.test} if data.test is not None else {})
-        scores = score_model(model, parts, loss, device or torch.device("cpu"), speed)
+        device = device or torch.device("cpu")
+        if isinstance(model, Ensemble):  # cross-validated: each fold on its val, the
+            # ensemble and the models one by one on test (flairseg.cv.score_folds)
+            _, datasets = make_folds(data, len(model.members), config.split_seed)
+            scores = score_folds(list(model.members), datasets, loss, device, speed)
+        else:
+            parts = {"val": data.val} | ({"test": data.test} if data.test is not None else {})
+            scores = score_model(model, parts, loss, device, speed)
         if c is not None and parent_id is not None:
             c.log_artifact(parent_id, str(state_file), Artifact.BEST_DIR)
     return config, ckpt, scores
@@ -176,8 +189,8 @@ def score_group_bests(
         except Exception as err:  # a checkpoint that is gone must not sink the study
             print(f"warning: {run.info.run_name}: not scored on test ({err})")
             continue
-        tracking.log_metrics(
-            c, run.info.run_id, {k: v for k, v in scores.items() if k.startswith("test_")}
+        tracking.log_metrics(  # test_iou ..., and cross-validated, fold1/test_iou ...
+            c, run.info.run_id, {k: v for k, v in scores.items() if "test_" in k}
         )
         c.set_tag(run.info.run_id, Tag.TEST_SCORED, "best of its model and loss")
 

@@ -3,8 +3,13 @@
 `study` writes runs through these names and `dashboards` reads them back, so the two
 cannot drift apart. Structured values are stored as text with a writer and a reader
 here: the split as JSON (older stores hold `str(dict)`, still read), the objective as
-`"val_iou (max)"`. The module imports neither torch nor flairseg nor Ray/Optuna, so the
-report stays light; mlflow itself is imported only when a client is made.
+`"val_iou (max)"`. The module imports neither torch nor Ray/Optuna, and of flairseg only
+the torch-free names of cross-validated scores (flairseg.cvkeys), so the report stays
+light; mlflow itself is imported only when a client is made.
+
+A cross-validated study (`--folds K`) logs the fold mean under the usual metric keys,
+`val_iou_std` beside it and `fold1/val_iou` ... per fold, in the trial's one run; its
+parent and trial runs carry Tag.FOLDS.
 
 Layout (DESIGN.md): one experiment per search; per invocation a parent run (role study)
 with the search's settings as params; per trial a nested child run (role trial) with
@@ -20,6 +25,8 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from flairseg.cvkeys import is_spread_key
 
 
 class Tag:
@@ -56,6 +63,7 @@ class Tag:
     NODE_IP = "node_ip"  # where it trained
     ERROR = "error"  # a failed trial's last traceback line
     TEST_SCORED = "test_scored"  # set on each model x loss group's best once scored on test
+    FOLDS = "folds"  # K, on the parent and trial runs of a cross-validated study
 
 
 class Role:
@@ -91,6 +99,7 @@ class Param:
     PROFILE = "profile"
     FAST_PATH = "fast_path"
     COMPILE = "compile"
+    FOLDS = "folds"  # a cross-validated study's K (absent otherwise)
     SAMPLED_PREFIX = "sampled."  # on a trial: `sampled.NAME`, the value Optuna proposed
 
 
@@ -137,6 +146,12 @@ BASE_PARAMS = (
 )
 
 DEFAULT_METRIC, DEFAULT_MODE = "val_iou", "max"
+
+
+def epoch_metrics(result: Mapping[str, Any]) -> dict[str, Any]:
+    """What a trial logs of an epoch's result: the metric keys and, when it is
+    cross-validated, their spread and per-fold values (flairseg.cvkeys names)."""
+    return {k: v for k, v in result.items() if k in METRIC_KEYS or is_spread_key(k, METRIC_KEYS)}
 
 
 def is_model_knob(param: str) -> bool:

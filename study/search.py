@@ -18,6 +18,8 @@ A search file holds data, not code:
     epoch_scale: 1.0                              # multiplies every epoch count (grid, budget)
     trials: 20
     asha: {max_epochs: 40, grace_period: 5, reduction_factor: 3}   # or `asha: false`
+    cv: {folds: 4}                                # each trial: patient 4-fold cross-validation,
+                                                  # ranked and stopped on the fold mean
     concurrency: 2
     resources: {cpus: 1, gpus: auto}              # per trial; auto: 1 if CUDA is visible
     sampler: {startup_trials: 5}                  # random trials before TPE takes over
@@ -43,6 +45,7 @@ from study.search_checks import (
     check_buildable,
     is_number,
     parse_asha,
+    parse_cv,
     parse_fixed,
     parse_objective,
     parse_resources,
@@ -97,7 +100,7 @@ def load(
     """Read, merge the profile and flag overrides, and validate a search file.
 
     `overrides` may hold trials, max_epochs, concurrency, cpus, gpus, image_size,
-    epoch_scale (the CLI's flags).
+    epoch_scale, folds (the CLI's flags).
     """
     path = resolve(name_or_path)
     raw = read_yaml(path)
@@ -151,6 +154,7 @@ def parse(
         cpus=float(cpus),
         gpus=gpus,
         startup_trials=parse_sampler(data.get("sampler") or {}, where),
+        folds=parse_cv(data.get("cv"), where, overrides.get("folds")),
         raw={**data, "name": name},
     )
     check_buildable(search, where)

@@ -25,6 +25,7 @@ TOP_KEYS = {
     "concurrency",
     "resources",
     "sampler",
+    "cv",
     "laptop",
 }
 LAPTOP_KEYS = TOP_KEYS - {"description", "objective", "grid", "laptop"}
@@ -178,6 +179,21 @@ def parse_fixed(fixed: Any, where: str) -> tuple[dict[str, Any], dict[str, dict[
         # that fails here is a bad value
         raise fail(where, f"fixed: {err}") from None
     return top, per_model
+
+
+def parse_cv(cv: Any, where: str, folds_flag: int | None) -> int | None:
+    """`cv: {folds: K}` (or --folds K): K-fold cross-validated trials; None: one val split."""
+    if folds_flag is not None:
+        return folds_flag
+    if cv is None or cv is False:
+        return None
+    if not isinstance(cv, dict):
+        raise fail(where, "cv: must be a mapping {folds: K}")
+    check_keys(cv, {"folds"}, where, "cv key", prefix="cv.")
+    folds = cv.get("folds")
+    if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
+        raise fail(where, f"cv.folds: {folds!r} must be a whole number, at least 2")
+    return folds
 
 
 def parse_asha(asha: Any, where: str, max_epochs_flag: int | None) -> Asha:

@@ -85,6 +85,7 @@ class Search:
     gpus: float | str  # a number or "auto"
     startup_trials: int
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
+    folds: int | None = None  # K-fold cross-validated trials (cv: {folds: K}); None: one split
 
     # -- the space Optuna samples (define-by-run, so branches stay conditional) --
 

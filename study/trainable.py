@@ -19,6 +19,7 @@ import torch
 from ray import tune
 
 from flairseg.config import TrainConfig
+from flairseg.cv import FoldsReport, train_folds
 from flairseg.dataset import Dataset
 from flairseg.engine import FAST, EpochReport, Speed, load_checkpoint, train
 from flairseg.evolution import (
@@ -29,19 +30,31 @@ from flairseg.evolution import (
     pick_slices,
     save_epoch,
 )
+from flairseg.folds import make_folds
 
 
-def run_trial(config: dict[str, Any], data: Dataset, threads: int = 1, speed: Speed = FAST) -> None:
+def run_trial(
+    config: dict[str, Any],
+    data: Dataset,
+    threads: int = 1,
+    speed: Speed = FAST,
+    folds: int | None = None,
+) -> None:
     """The Tune function trainable (kept in the installed package so workers can import it).
 
     `threads`: torch's intra-op threads, the CPUs Ray gave the trial, so trials side by
     side do not oversubscribe the machine. `speed`: the engine's fast path and compile flag.
+    `folds`: K trains the config's K fold models in lockstep (flairseg.cv) and reports
+    their mean under the usual keys, the spread and each fold beside it; the evolution
+    pictures then follow fold 1 on its val slices.
     """
     torch.set_num_threads(max(1, int(threads)))
     train_config = TrainConfig.from_dict(config["flairseg"])
-    index = pick_slices(data.val, EVOLUTION_SLICES)
-    evolution = Evolution.of(data.val, index)
-    evolution_inputs, _ = data.val.batch(torch.tensor(index))
+    fold_data = make_folds(data, folds, train_config.split_seed) if folds else None
+    val = fold_data[1][0].val if fold_data else data.val
+    index = pick_slices(val, EVOLUTION_SLICES)
+    evolution = Evolution.of(val, index)
+    evolution_inputs, _ = val.batch(torch.tensor(index))
     resume = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is None and config.get("resume_from"):
@@ -58,7 +71,7 @@ def run_trial(config: dict[str, Any], data: Dataset, threads: int = 1, speed: Sp
     # between a checkpoint and its MLflow write logs them from here (see callbacks)
     backfill = {"resumed_history": json.dumps(resume["history"])} if resume else {}
 
-    def on_epoch(report: EpochReport) -> None:
+    def on_epoch(report: EpochReport | FoldsReport) -> None:
         with tempfile.TemporaryDirectory(prefix="flairseg-ckpt-") as folder:
             save_epoch(report, evolution, evolution_inputs, folder)
             tune.report(
@@ -67,4 +80,8 @@ def run_trial(config: dict[str, Any], data: Dataset, threads: int = 1, speed: Sp
             )
         backfill.clear()
 
-    train(train_config, data, on_epoch=on_epoch, resume=resume, speed=speed)
+    if fold_data is None:
+        train(train_config, data, on_epoch=on_epoch, resume=resume, speed=speed)
+    else:
+        plan, datasets = fold_data
+        train_folds(train_config, plan, datasets, on_epoch=on_epoch, resume=resume, speed=speed)

@@ -135,7 +135,11 @@ def _trainable(job: TuneJob, gpus: float) -> Any:
     search = job.search
     return tune.with_resources(
         tune.with_parameters(
-            run_trial, data=job.data, threads=max(1, int(search.cpus)), speed=job.speed
+            run_trial,
+            data=job.data,
+            threads=max(1, int(search.cpus)),
+            speed=job.speed,
+            folds=search.folds,
         ),
         {"cpu": search.cpus, "gpu": gpus},
     )
