@@ -174,8 +174,8 @@ def test_extending_a_study_adds_new_trials_and_reruns_nothing(
     trials = env.study("combo_alpha").trials
     assert [t.number for t in trials] == [0, 1, 2, 3, 4]
     assert [t.params for t in trials[:2]] == [
-        {"alpha": 0.7, "lr": 0.001},
-        {"alpha": 0.5, "lr": 0.001},
+        {"alpha": 0.7, "lr": 0.0001},
+        {"alpha": 0.5, "lr": 0.0001},
     ]
     seen = [tuple(sorted(t.params.items())) for t in trials]
     assert len(set(seen)) == 5  # nothing proposed twice: the sampler saw the history

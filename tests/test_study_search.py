@@ -40,7 +40,17 @@ def test_the_five_searches_of_the_issue_exist() -> None:
 
 def test_combo_alpha_evaluates_the_seed_points_first() -> None:
     s = searches.load("combo_alpha")
-    assert s.optuna_points()[:2] == [{"alpha": 0.7, "lr": 0.001}, {"alpha": 0.5, "lr": 0.001}]
+    assert s.optuna_points()[:2] == [{"alpha": 0.7, "lr": 0.0001}, {"alpha": 0.5, "lr": 0.0001}]
+
+
+@pytest.mark.parametrize("name", ["seed", "combo_alpha", "family", "budget"])
+def test_the_seed_runs_train_with_the_seeds_learning_rate(name: str) -> None:
+    """The seed trained all four runs with Adam at 1e-4: where a search starts from them
+    (its points, or the seed's grid), they are the seed's."""
+    s = searches.load(name)
+    runs = s.grid or s.points
+    assert runs
+    assert {s.config_for(run).lr for run in runs} == {1e-4}
 
 
 def test_family_branches_sample_only_their_own_knobs() -> None:
