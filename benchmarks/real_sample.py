@@ -1,14 +1,19 @@
-"""How good is `flairseg.train` on real MRI? Ours against a plain hand-written loop, side by side.
+"""How good is `flairseg.train` on real MRI? Ours against a plain hand-written loop, on the
+same patient folds, side by side.
 
-    FLAIRSEG_LGG_SAMPLE=../shared/data/lgg-sample/kaggle_3m python -m benchmarks.real_sample [--seeds 3]
+    python -m benchmarks.real_sample --data ../shared/data/lgg-32/kaggle_3m [--folds 4] [--sizes 64]
 
-Both sides train on the same 6 patients and score the same 2 (split seed 0,
-val_fraction 0.25, no test), with the same budget: a U-Net of base width 16 with
-batch norm, Combo loss alpha 0.5, Adam lr 1e-3, batch 16, flips, 30 epochs. The
+The test patients are held out (split seed 0, test_fraction 0.2; nobody scores them
+here) and the other patients dealt into K folds exactly as `flairseg.train --folds K`
+deals them (flairseg.folds). For each fold, both sides train on the other folds and
+score the fold's patients, with the same budget: a U-Net of base width 16 with batch
+norm, Combo loss alpha 0.5, Adam lr 1e-3, batch 16, flips, 30 epochs. flairseg runs
+its K fold models in lockstep (`flairseg.cv.train_folds`, what `--folds` runs). The
 plain loop is what a user writes in a notebook: PIL to read, a DataLoader, its own
-U-Net and loss, random flips; it shares nothing with flairseg but the list of
-patient names. The score is the mean per-patient volume Dice on val after the last
-epoch, averaged over seeds. `--json FILE` keeps the figures.
+U-Net and loss, random flips; it shares nothing with flairseg but the lists of patient
+names. The score is the mean per-patient volume Dice on the fold's patients after the
+last epoch; printed per fold, then the mean and standard deviation over the folds.
+`--json FILE` keeps the figures.
 """
 
 from __future__ import annotations
@@ -28,8 +33,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from flairseg.config import TrainConfig
+from flairseg.cv import train_folds
+from flairseg.cvkeys import fold_key
 from flairseg.dataset import load_dataset, split_patients
-from flairseg.engine import train
+from flairseg.folds import Folds, assign_folds, make_folds
 
 EPOCHS, WIDTH, LR, BATCH, ALPHA = 30, 16, 1e-3, 16, 0.5
 
@@ -137,7 +144,9 @@ def plain_run(
 # ---- ours -----------------------------------------------------------------------------------
 
 
-def ours_run(root: Path, size: int, seed: int) -> dict:
+def ours_folds(root: Path, size: int, folds: int, seed: int) -> tuple[Folds, list[dict], float]:
+    """flairseg's K fold models, trained in lockstep: its folds, each fold's val scores,
+    the seconds."""
     config = TrainConfig(
         model="unet",
         width=WIDTH,
@@ -149,73 +158,95 @@ def ours_run(root: Path, size: int, seed: int) -> dict:
         epochs=EPOCHS,
         image_size=size,
         seed=seed,
-        val_fraction=0.25,
-        test_fraction=0.0,
+        val_fraction=0.2,
+        test_fraction=0.2,
         split_seed=0,
     )
-    result = train(config, load_dataset(root, config), device="cpu")
-    return {
-        "seconds": result.seconds,
-        "val_volume_dice": result.metrics["val_volume_dice"],
-        "val_dice": result.metrics["val_dice"],
-        "val_iou": result.metrics["val_iou"],
-    }
+    plan, datasets = make_folds(load_dataset(root, config), folds, config.split_seed)
+    result = train_folds(config, plan, datasets, device="cpu")
+    m = result.metrics
+    per_fold = [
+        {key: m[fold_key(k, key)] for key in ("val_volume_dice", "val_dice", "val_iou")}
+        for k in range(1, folds + 1)
+    ]
+    return plan, per_fold, result.seconds
+
+
+def fold_plan(root: Path, folds: int) -> Folds:
+    """The folds `flairseg.train --folds K` uses at split seed 0 (val and test fractions 0.2)."""
+    patients = sorted(p.name for p in root.iterdir() if p.is_dir())
+    split = split_patients(patients, 0.2, 0.2, seed=0)
+    dealt = assign_folds(split.train + split.val, folds, seed=0)
+    return Folds(val=tuple(dealt), test=split.test)
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def main() -> None:
+    global EPOCHS  # the budget both sides read; --epochs sets it
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--data",
-        default=os.environ.get("FLAIRSEG_LGG_SAMPLE"),
-        help="kaggle_3m folder of the LGG sample",
+        default=os.environ.get("FLAIRSEG_LGG_32") or os.environ.get("FLAIRSEG_LGG_SAMPLE"),
+        help="a kaggle_3m folder (lgg-32 for the README's figures)",
     )
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--folds", type=int, default=4)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=30, help="both sides' budget")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
+    EPOCHS = args.epochs
     if not args.data:
-        parser.error("give --data or set FLAIRSEG_LGG_SAMPLE")
+        parser.error("give --data or set FLAIRSEG_LGG_32")
     root = Path(args.data)
-    patients = sorted(p.name for p in root.iterdir() if p.is_dir())
-    split = split_patients(patients, 0.25, 0.0, seed=0)
+    plan = fold_plan(root, args.folds)
     print(
-        f"train {len(split.train)} patients, val {list(split.val)}; {EPOCHS} epochs, torch threads {torch.get_num_threads()}"
+        f"{sum(len(v) for v in plan.val)} patients in {args.folds} folds, {len(plan.test)} held "
+        f"out for test; {EPOCHS} epochs, torch threads {torch.get_num_threads()}",
+        flush=True,
     )
-    rows: dict[str, list[dict]] = {
-        "plain loop 64 px": [],
-        "flairseg 64 px": [],
-        "flairseg 128 px": [],
-    }
-    for seed in range(args.seeds):
-        rows["plain loop 64 px"].append(
-            plain_run(root, list(split.train), list(split.val), 64, seed)
-        )
-        rows["flairseg 64 px"].append(ours_run(root, 64, seed))
-        rows["flairseg 128 px"].append(ours_run(root, 128, seed))
+    runs: dict[str, dict] = {}
+    for size in args.sizes:
+        plain = []
+        for k in range(args.folds):
+            split = plan.split(k)
+            plain.append(plain_run(root, list(split.train), list(split.val), size, args.seed))
+            print(
+                f"plain loop {size} px, fold {k + 1}: {plain[-1]['val_volume_dice']:.3f}",
+                flush=True,
+            )
+        used, ours, seconds = ours_folds(root, size, args.folds, args.seed)
+        assert used == plan, "the plain loop and flairseg must score the same folds"
         print(
-            f"seed {seed}: "
-            + "  ".join(
-                f"{k}: {v[-1]['val_volume_dice']:.3f} ({v[-1]['seconds']:.0f} s)"
-                for k, v in rows.items()
-            ),
+            f"flairseg {size} px, folds: {[round(f['val_volume_dice'], 3) for f in ours]}",
             flush=True,
         )
-    base = statistics.mean(r["val_volume_dice"] for r in rows["plain loop 64 px"])
-    print(f"\n{'run':<18} {'val volume Dice (mean, min-max)':>32} {'s/run':>7} {'vs plain':>9}")
-    summary = {}
-    for name, runs in rows.items():
-        d = [r["val_volume_dice"] for r in runs]
-        sec = statistics.mean(r["seconds"] for r in runs)
-        summary[name] = {
-            "val_volume_dice_mean": statistics.mean(d),
-            "per_seed": d,
-            "seconds_mean": sec,
+        runs[f"plain loop {size} px"] = {
+            "per_fold": [r["val_volume_dice"] for r in plain],
+            "seconds_per_fold": statistics.mean(r["seconds"] for r in plain),
         }
+        runs[f"flairseg {size} px"] = {
+            "per_fold": [r["val_volume_dice"] for r in ours],
+            "per_fold_iou": [r["val_iou"] for r in ours],
+            "seconds_per_fold": seconds / args.folds,
+        }
+    base = statistics.mean(next(iter(runs.values()))["per_fold"])
+    print(
+        f"\n{'run':<18} {'val volume Dice, mean ± sd over folds':>38} {'per fold':>28} {'s/fold':>7} {'vs plain':>9}"
+    )
+    for name, r in runs.items():
+        d = r["per_fold"]
+        r["mean"], r["sd"] = statistics.mean(d), statistics.stdev(d)
         print(
-            f"{name:<18} {statistics.mean(d):>12.3f} ({min(d):.3f}-{max(d):.3f}){'':>8} {sec:>7.1f} {statistics.mean(d) / base:>8.2f}x"
+            f"{name:<18} {spread(d):>38} {' '.join(f'{v:.3f}' for v in d):>28} "
+            f"{r['seconds_per_fold']:>7.1f} {r['mean'] / base:>8.2f}x"
         )
     if args.json:
         Path(args.json).write_text(
-            json.dumps({"split": split.to_dict(), "epochs": EPOCHS, "runs": summary}, indent=2)
+            json.dumps({"folds": plan.to_dict(), "epochs": EPOCHS, "runs": runs}, indent=2)
         )
 
 
