@@ -1,5 +1,6 @@
 """The study report: `python -m dashboards.report` reads MLflow and writes one offline HTML page.
 
 Modules in the order they run: load (MLflow through study.schema), figures and pictures
-(Plotly figures from loaded data), page (the HTML), report (the command line). No torch.
+(Plotly figures from loaded data; spread draws a cross-validated study's fold spread),
+page (the HTML), report (the command line). No torch.
 """

@@ -3,6 +3,7 @@
 Each builder takes a `StudyData` (loaded beforehand, no MLflow here) and returns one
 Plotly figure; a figure with nothing to show says why instead of being empty. The
 hyperparameter axes and the model knobs come from the study's params, not from a list.
+A cross-validated study's scores also show their spread over the folds (dashboards.spread).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from dashboards import spread
 from dashboards.load import StudyData, Trial, finite
 from study.schema import Tag
 
@@ -48,16 +50,30 @@ def fig_family(data: StudyData) -> go.Figure:
         colour = COLOURS[gi % len(COLOURS)]
         best = data.best_of(trials)
         for si, score in enumerate(SCORES):
+            if data.folds:  # numeric x: each trial beside its box, with its ± 1 sd bar
+                label, key = f"val {SCORE_NAMES[score]}", f"val_{score}"
+                for trace in spread.family_traces(
+                    data.folds, gi, group, trials, best, key, label, colour, si == 0
+                ):
+                    fig.add_trace(trace, row=1, col=si + 1)
+                continue
             fig.add_trace(_scores_box(group, trials, score, colour, si == 0), row=1, col=si + 1)
             if best is not None:
                 fig.add_trace(_best_star(group, best, f"val_{score}"), row=1, col=si + 1)
     fig.update_yaxes(title_text="score (0-1)", row=1, col=1)
     fig.update_layout(
-        title=title + " (star: the best of each group by " + data.metric + ")",
+        title=title + " (star: the best of each group by " + data.metric + _bars(data) + ")",
         height=460,
         boxmode="overlay",
     )
+    if data.folds:
+        fig.update_xaxes(tickvals=list(range(len(groups))), ticktext=list(groups))
     return fig
+
+
+def _bars(data: StudyData) -> str:
+    """What a cross-validated study's error bars mean, for a title; empty otherwise."""
+    return f"; bars: ± 1 sd over the {data.folds} folds" if data.folds else ""
 
 
 def _scores_box(group: str, trials: list[Trial], score: str, colour: str, legend: bool) -> go.Box:
@@ -111,7 +127,10 @@ def fig_best_table(data: StudyData) -> go.Figure:
         for part in ("val", "test"):
             for score in SCORES:
                 value = best.metrics.get(f"{part}_{score}")
-                cells.append(f"{value:.4f}" if finite(value) else "not scored")
+                if data.folds:
+                    cells.append(spread.score_cell(best, part, score))
+                else:
+                    cells.append(f"{value:.4f}" if finite(value) else "not scored")
         rows.append(cells)
     if not rows:
         return empty(title, "no trials in this study")
@@ -120,14 +139,19 @@ def fig_best_table(data: StudyData) -> go.Figure:
         for part in ("val", "test")
         for name in ("IoU", "Dice", "pixel acc", "mean acc")
     ]
+    if data.folds:
+        title += (
+            f"<br><sup>val: mean ± sd over the {data.folds} folds; test: the {data.folds} "
+            "fold models' ensemble, below it one fold model's mean ± sd</sup>"
+        )
     fig = go.Figure(
         go.Table(
-            columnwidth=[70, 160, 260] + [60] * 8,
+            columnwidth=[70, 150, 200] + [105] * 8 if data.folds else [70, 160, 260] + [60] * 8,
             header={"values": header, "fill_color": "#dde5f0", "align": "left"},
             cells={"values": list(map(list, zip(*rows, strict=True))), "align": "left"},
         )
     )
-    fig.update_layout(title=title, height=240 + 45 * len(rows))
+    fig.update_layout(title=title, height=240 + (70 if data.folds else 45) * len(rows))
     return fig
 
 
@@ -172,11 +196,18 @@ def fig_hyper(data: StudyData) -> go.Figure:
             if pts:
                 colour = COLOURS[gi % len(COLOURS)]
                 trace = _hyper_points(data.metric, key, pts, group, colour, ki == 0)
+                if data.folds:
+                    sds = [t.spread(data.metric) for t in pts]
+                    notes = [spread.sd_note(t, data.metric, data.folds) for t in pts]
+                    trace.update(
+                        error_y=spread.error_bars(sds, colour),
+                        text=[text + n for text, n in zip(trace.text, notes, strict=True)],
+                    )
                 fig.add_trace(trace, row=1, col=ki + 1)
         if key == "lr":
             fig.update_xaxes(type="log", row=1, col=ki + 1)
     fig.update_yaxes(title_text=data.metric, row=1, col=1)
-    fig.update_layout(title=title + " (x: stopped early)", height=420)
+    fig.update_layout(title=title + " (x: stopped early" + _bars(data) + ")", height=420)
     return fig
 
 
@@ -222,6 +253,9 @@ def fig_parallel(data: StudyData) -> go.Figure:
     ]
     dims.append({"label": "epochs run", "values": [t.epochs for t in trials]})
     dims.append({"label": data.metric, "values": [t.metrics[data.metric] for t in trials]})
+    if data.folds:  # the spread beside the mean (a trial without it at 0)
+        sds = [t.spread(data.metric) or 0.0 for t in trials]
+        dims.append({"label": f"{data.metric} sd over {data.folds} folds", "values": sds})
     fig = go.Figure(
         go.Parcoords(
             line={
@@ -261,6 +295,8 @@ def fig_curves(data: StudyData) -> go.Figure:
         f" ({100 * (1 - spent / without):.0f} % saved)" if without else ""
     )
     title = f"Learning curves: {data.metric} per epoch; x marks where ASHA stopped a trial. {saved}"
+    if data.folds:
+        title += f"<br><sup>lines: the mean over the {data.folds} folds; bands: ± 1 sd</sup>"
     with_curves = [t for t in data.trials if t.curve]
     if not with_curves:
         return empty("Learning curves", "no trial logged an epoch")
@@ -269,6 +305,9 @@ def fig_curves(data: StudyData) -> go.Figure:
     for t in with_curves:
         colour = COLOURS[groups.index(t.group) % len(COLOURS)]
         xs, ys = zip(*t.curve, strict=True)
+        fill = spread.band(t, colour) if data.folds else None
+        if fill is not None:
+            fig.add_trace(fill)
         fig.add_trace(
             go.Scatter(
                 x=list(xs),
@@ -314,6 +353,7 @@ def fig_facts(data: StudyData) -> go.Figure:
         ("data", tags.get(Tag.DATA, "?")),
         ("data fingerprint", tags.get(Tag.DATA_FINGERPRINT, "?")),
         ("split", split),
+        *([("validation", spread.validation_fact(data.folds))] if data.folds else []),
         ("image size", f"{tags.get(Tag.IMAGE_SIZE, '?')} px"),
         ("objective", f"{data.metric} ({data.mode})"),
         ("trials by status", ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())) or "none"),
@@ -331,5 +371,5 @@ def fig_facts(data: StudyData) -> go.Figure:
             },
         )
     )
-    fig.update_layout(title="The study's facts", height=520)
+    fig.update_layout(title="The study's facts", height=560 if data.folds else 520)
     return fig

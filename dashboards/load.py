@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from flairseg.cvkeys import std_key
 from flairseg.errors import ConfigError
 from study import schema
 from study.schema import Param, Role, Tag
@@ -61,6 +62,8 @@ class Trial:
     epochs: int
     planned: int
     curve: list[tuple[int, float]] = field(default_factory=list)  # (epoch, objective)
+    # cross-validated: (epoch, the objective's sd over the folds); empty otherwise
+    curve_std: list[tuple[int, float]] = field(default_factory=list)
 
     @property
     def group(self) -> str:
@@ -74,6 +77,11 @@ class Trial:
     @property
     def stopped(self) -> bool:
         return schema.is_stopped(self.status)
+
+    def spread(self, key: str) -> float | None:
+        """The sd over the folds of a final score (`val_iou_std`); None if not logged."""
+        value = self.metrics.get(std_key(key))
+        return value if finite(value) else None
 
     @property
     def knobs(self) -> list[str]:
@@ -96,6 +104,8 @@ class StudyData:
     wall_s: float = 0.0  # over all invocations
     split: dict[str, list[str]] | None = None  # None: the tag is missing or unreadable
     evolutions: dict[str, EvolutionFrames] = field(default_factory=dict)  # by run id
+    # K of a patient K-fold cross-validated study: its scores are fold means with a spread
+    folds: int | None = None
 
     def best_of(self, trials: list[Trial]) -> Trial | None:
         scored = [t for t in trials if t.ok and finite(t.metrics.get(self.metric))]
@@ -173,11 +183,13 @@ def load(uri: str, experiment: str, study: str | None = None) -> StudyData:
     parents = _study_parents(c, exp.experiment_id, experiment, study)
     study = parents[-1].data.tags[Tag.STUDY]
     metric, mode = schema.load_objective(parents[-1].data.params.get(Param.OBJECTIVE))
+    folds = _folds(parents[-1])
     trials = []
     for run in schema.study_runs(c, exp.experiment_id, study, role=Role.TRIAL):
         trial = _trial(run)
-        history = c.get_metric_history(run.info.run_id, metric)
-        trial.curve = sorted((m.step, m.value) for m in history)
+        trial.curve = _history(c, run.info.run_id, metric)
+        if folds:  # the spread band; a study without folds makes no extra request
+            trial.curve_std = _history(c, run.info.run_id, std_key(metric))
         trials.append(trial)
     trials.sort(key=lambda t: t.number)
     tags = dict(parents[-1].data.tags)
@@ -196,6 +208,7 @@ def load(uri: str, experiment: str, study: str | None = None) -> StudyData:
             if p.info.end_time and p.info.start_time
         ),
         split=_split(tags.get(Tag.SPLIT, "")),
+        folds=folds,
     )
     with tempfile.TemporaryDirectory(prefix="flairseg-report-") as folder:
         for trial in data.bests():
@@ -222,6 +235,20 @@ def _study_parents(c: Any, experiment_id: str, experiment: str, study: str | Non
         (p for p in parents if p.data.tags.get(Tag.STUDY) == study),
         key=lambda p: int(p.data.tags.get(Tag.INVOCATION, 0)),
     )
+
+
+def _history(c: Any, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in c.get_metric_history(run_id, key))
+
+
+def _folds(parent: Any) -> int | None:
+    """K from the parent's `folds` tag (its param as a fallback); None: not cross-validated."""
+    text = parent.data.tags.get(Tag.FOLDS) or parent.data.params.get(Param.FOLDS) or ""
+    try:
+        k = int(text)
+    except ValueError:
+        return None
+    return k if k > 1 else None
 
 
 def _trial(run: Any) -> Trial:

@@ -94,12 +94,19 @@ def build(data: StudyData) -> tuple[str, int]:
 <style>body{{font-family:sans-serif;margin:1em 2em;color:#222}} section{{margin-bottom:1.5em}}</style>
 </head><body>
 <h1>Study {html.escape(data.study)}</h1>
-<p>{len(data.trials)} trials of experiment {html.escape(data.experiment)}; objective {html.escape(data.metric)} ({data.mode}).</p>
+<p>{len(data.trials)} trials of experiment {html.escape(data.experiment)}; objective {html.escape(data.metric)} ({data.mode}){_folds(data)}.</p>
 {"".join(body)}
 <script>{LOADER}</script>
 </body></html>
 """
     return page, len(body)
+
+
+def _folds(data: StudyData) -> str:
+    """How a cross-validated study scores, for the page's first line; empty otherwise."""
+    if not data.folds:
+        return ""
+    return f", patient {data.folds}-fold cross-validated (every score the fold mean ± sd)"
 
 
 def write(

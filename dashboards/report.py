@@ -15,12 +15,18 @@ as PNG data. Sections, each a Plotly figure:
 7. the study's facts: data, fingerprint, split, image size, trials by status, wall time,
    the command that reproduces it.
 
+In a cross-validated study (`study.run --folds K`) every score is the fold mean and
+shows its spread: error bars of ± 1 sd over the folds on each trial and group best, a
+band around each learning curve, `mean ± sd` in the table (test: the fold models'
+ensemble and one model's mean ± sd), and the facts say how it was validated.
+
 A figure with nothing to show says why instead of being empty. Without `--study` the
 report covers the experiment's most recent study.
 
 This module is the command line. The work is done in order by `dashboards.load` (one read
-of MLflow through `study.schema`), `dashboards.figures` and `dashboards.pictures` (the
-figures, from loaded data only) and `dashboards.page` (the HTML); none imports torch.
+of MLflow through `study.schema`), `dashboards.figures` (with `dashboards.spread` for a
+cross-validated study's spread) and `dashboards.pictures` (the figures, from loaded data
+only), then `dashboards.page` (the HTML); none imports torch.
 """
 
 from __future__ import annotations

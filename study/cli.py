@@ -45,24 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--search", help="a name in experiments/ (see --list) or a path to a .yaml file")
     p.add_argument("--list", action="store_true", help="print the searches and their spaces")
     p.add_argument("--data", help="kaggle_3m folder (default: the synthetic phantom set)")
-    p.add_argument("--image-size", type=int, help="override the search's image size")
-    p.add_argument("--trials", type=int, help="trials this invocation adds to the study")
-    p.add_argument("--max-epochs", type=int, help="epoch budget per trial (ASHA's max_t)")
-    p.add_argument("--epoch-scale", type=float, help="multiply grid/budget epoch counts")
-    p.add_argument(
-        "--folds",
-        type=int,
-        metavar="K",
-        help="every trial trains K patient folds and is ranked and stopped on their mean "
-        "(overrides the search file's cv: {folds: K})",
-    )
-    p.add_argument("--concurrency", type=int, help="trials running at once")
-    p.add_argument("--cpus-per-trial", type=float, help="CPUs (and torch threads) per trial")
-    p.add_argument(
-        "--gpus-per-trial",
-        type=float,
-        help="GPUs per trial, fractions allowed (default: 1 when the cluster has GPUs, else 0)",
-    )
+    add_budget_flags(p)
     p.add_argument("--address", help="join a running Ray cluster (HOST:PORT or auto)")
     p.add_argument(
         "--mlflow-uri",
@@ -102,6 +85,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="trials torch.compile their model (compile time first)",
     )
     return p
+
+
+def add_budget_flags(p: argparse.ArgumentParser) -> None:
+    """The flags that override what the search file says a study runs, and on what."""
+    p.add_argument("--image-size", type=int, help="override the search's image size")
+    p.add_argument("--trials", type=int, help="trials this invocation adds to the study")
+    p.add_argument("--max-epochs", type=int, help="epoch budget per trial (ASHA's max_t)")
+    p.add_argument("--epoch-scale", type=float, help="multiply grid/budget epoch counts")
+    p.add_argument(
+        "--folds",
+        type=int,
+        metavar="K",
+        help="every trial trains K patient folds and is ranked and stopped on their mean "
+        "(overrides the search file's cv: {folds: K})",
+    )
+    p.add_argument("--concurrency", type=int, help="trials running at once")
+    p.add_argument("--cpus-per-trial", type=float, help="CPUs (and torch threads) per trial")
+    p.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        help="GPUs per trial, fractions allowed (default: 1 when the cluster has GPUs, else 0)",
+    )
 
 
 def check_args(args: argparse.Namespace) -> None:

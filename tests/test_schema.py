@@ -93,7 +93,8 @@ def test_study_runs_reads_every_page_with_one_query() -> None:
     [
         ("dashboards.report", ("torch",)),
         ("flairseg.viz", ("torch",)),
-        ("study.schema", ("torch", "flairseg", "ray", "optuna", "mlflow")),
+        ("study.schema", ("torch", "ray", "optuna", "mlflow")),
+        ("flairseg.cvkeys", ("torch",)),
     ],
 )
 def test_torch_free_modules_import_no_torch(module: str, banned: tuple[str, ...]) -> None:
@@ -106,6 +107,15 @@ def test_torch_free_modules_import_no_torch(module: str, banned: tuple[str, ...]
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]", f"{module} imports {result.stdout.strip()}"
+
+
+def test_the_schema_takes_from_flairseg_only_the_torch_free_score_names() -> None:
+    code = "import sys, study.schema\nprint(sorted(m for m in sys.modules if m.startswith('flairseg')))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['flairseg', 'flairseg.cvkeys']"
 
 
 def test_the_report_and_the_schema_spell_no_model_knob() -> None:
