@@ -1,4 +1,5 @@
-"""What a Ray Tune trial runs: one `flairseg.engine.train` call and one epoch callback.
+"""What a Ray Tune trial runs: one `flairseg.engine.train` call (`flairseg.cv.train_folds` when
+the study is cross-validated) and one epoch callback.
 
 The seam is narrow on purpose. The trial gets its full TrainConfig in
 `config["flairseg"]` and the preprocessed data set through Ray's object store
