@@ -27,9 +27,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from flairseg.errors import ArgumentParser, ConfigError
+from flairseg.errors import ArgumentParser, ConfigError, FlairsegError
 from flairseg.train import write_json
-from study import invocation, ledger, results
+from study import invocation, ledger, results, secrets
 from study.console import banner, list_searches, print_summary, quiet
 from study.plan import Plan, make_plan
 from study.tuner import TuneJob, fit, make_tuner, scoring_device
@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--optuna-storage",
-        help="Optuna database URL (default: sqlite:///STORAGE/optuna.db)",
+        help="Optuna database URL (default: $OPTUNA_STORAGE, else sqlite:///STORAGE/optuna.db); "
+        "a password in it is never written: better give it in $OPTUNA_STORAGE or ~/.pgpass",
     )
     p.add_argument("--study", help="study name (default: the search's name)")
     p.add_argument(
@@ -134,13 +135,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         list_searches()
         return 0
     check_args(args)
-    plan = make_plan(args)
-    storage = ledger.open_storage(plan.optuna_url)
-    lock = ledger.StudyLock(plan.optuna_url, plan.study_name).acquire()
     try:
-        return run_study(plan, storage)
-    finally:
-        lock.release()
+        plan = make_plan(args)
+        storage = ledger.open_storage(plan.optuna_url)
+        lock = ledger.StudyLock(plan.optuna_url, plan.study_name).acquire()
+        try:
+            return run_study(plan, storage)
+        finally:
+            lock.release()
+    except FlairsegError as err:  # a line that quotes a URL shows no password taken from it
+        raise type(err)(secrets.scrub(str(err))) from None
 
 
 def run_study(plan: Plan, storage: Any) -> int:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shlex
 import socket
 import sys
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from typing import Any
 from flairseg.dataset import Dataset
 from flairseg.errors import ConfigError
 from flairseg.folds import split_of
-from study import ledger, schema, tracking
+from study import ledger, schema, secrets, tracking
 from study import search as searches
 from study.plan import Plan, load_data
 from study.schema import Artifact, Param, Role, Status, Tag
@@ -227,7 +226,7 @@ def _parent_tags(
     plan: Plan, number: int, path: str, data_dir: Path, data: Dataset
 ) -> dict[str, str]:
     """The parent run's tags: what ran, on which data, where its results and ledger live."""
-    command = "python -m study.run " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = secrets.command_line(sys.argv[1:])  # a password never: the variable it comes from
     return {
         Tag.STUDY: plan.study_name,
         Tag.SEARCH: plan.search.name,

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from flairseg.errors import ConfigError
-from study import adapters
+from study import adapters, secrets
 
 LEDGER_KEY = "invocations"
 
@@ -66,7 +66,9 @@ def open_storage(url: str):
         )
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"--optuna-storage {url}: cannot open ({first[:200]})") from None
+        raise ConfigError(
+            secrets.scrub(f"--optuna-storage {url}: cannot open ({first[:200]})")
+        ) from None
 
 
 class StudyLock:

@@ -9,6 +9,7 @@ target and the data with what the study's record holds (see `invocation.resumed`
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from flairseg.errors import ConfigError
 from flairseg.folds import check_folds
 from flairseg.train import default_data
 from study import search as searches
-from study import tracking
+from study import secrets, tracking
 
 # flag (argparse dest) -> the search setting it overrides
 OVERRIDE_FLAGS = {
@@ -69,14 +70,19 @@ class Plan:
 
 def make_plan(args: argparse.Namespace) -> Plan:
     """The plan for parsed, range-checked flags; raises ConfigError naming the flag."""
-    storage_root = results_root(args.storage)
-    optuna_url = args.optuna_storage or (
+    # a password in a URL is taken out here: from now on the study carries none (secrets)
+    storage_root = results_root(secrets.take(args.storage, "--storage"))
+    given = args.optuna_storage or os.environ.get("OPTUNA_STORAGE")
+    optuna_url = secrets.take(given, "--optuna-storage") if given else None
+    optuna_url = optuna_url or (
         f"sqlite:///{storage_root}/optuna.db" if "://" not in storage_root else None
     )
     if optuna_url is None:
         raise ConfigError(
             f"--storage {args.storage} is a URI: give --optuna-storage (a database URL)"
         )
+    if args.address:
+        secrets.take(args.address, "--address")  # refused with a password: Ray reads its token
     probe_address(args.address)
 
     # the study's record decides what a --resume runs; a new invocation reads the file
@@ -86,7 +92,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
     study_name = args.study or search.name
     # check everything a user can get wrong before anything is written
     loaded = None if args.resume else load_data(args.data, search)
-    uri = args.mlflow_uri or tracking.default_uri()
+    uri = secrets.take(args.mlflow_uri or tracking.default_uri(), "--mlflow-uri")
+    uri_flag = secrets.take(args.mlflow_uri, "--mlflow-uri") if args.mlflow_uri else None
     experiment = args.experiment or search.name
     # a --resume logs where its invocation logged (read from the study's record later)
     experiment_id = None if args.resume else tracking.open_experiment(uri, experiment)
@@ -101,7 +108,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         results_root=storage_root,
         optuna_url=optuna_url,
         mlflow_uri=uri,
-        mlflow_uri_flag=args.mlflow_uri,
+        mlflow_uri_flag=uri_flag,
         experiment=experiment,
         experiment_flag=args.experiment,
         experiment_id=experiment_id,
@@ -112,11 +119,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
         speed=Speed(fast=not args.no_fast_path, compile=args.compile),
         status_every=args.status_every,
         json_path=args.json,
-        resume_command=(
-            f"python -m study.run --search {args.search} --study {study_name} "
-            f"--storage {args.storage}"
-            + (f" --optuna-storage {args.optuna_storage}" if args.optuna_storage else "")
-            + " --resume"
+        resume_command=secrets.command_line(
+            ["--search", args.search, "--study", study_name, "--storage", args.storage]
+            + (["--optuna-storage", args.optuna_storage] if args.optuna_storage else [])
+            + ["--resume"]
         ),
     )
 

@@ -34,7 +34,8 @@ def _skip(reason: str) -> None:
 class Postgres:
     """Debian's PostgreSQL in a fresh data folder, as the `postgres` user, on 127.0.0.1."""
 
-    def __init__(self) -> None:
+    def __init__(self, password: str | None = None) -> None:
+        """`password`: the `postgres` user's, required on TCP (scram-sha-256); None: trust."""
         bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
         if not bins:
             _skip("PostgreSQL is not installed (Debian's postgresql package; scripts/setup.sh)")
@@ -44,15 +45,20 @@ class Postgres:
         self.dir = Path(tempfile.mkdtemp(prefix="flairseg-pg-"))
         shutil.chown(self.dir, "postgres", "postgres")
         self.port = free_port()
-        self._as_postgres(
-            self.bin / "initdb", "-D", self.dir / "data", "-A", "trust", "-U", "postgres"
-        )
+        self.password = password
+        auth = ["-A", "trust"]
+        if password is not None:  # the socket stays trusted (createdb below); TCP asks
+            pwfile = self.dir / "pw"
+            pwfile.write_text(password + "\n")
+            shutil.chown(pwfile, "postgres", "postgres")
+            auth = ["--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}"]
+        self._as_postgres(self.bin / "initdb", "-D", self.dir / "data", *auth, "-U", "postgres")
         self._as_postgres(
             self.bin / "pg_ctl", "-D", self.dir / "data", "-l", self.dir / "log", "-w",
             "-o", f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.dir}", "start",
         )  # fmt: skip
         for db in ("mlflow", "optuna"):
-            self._as_postgres(self.bin / "createdb", "-h", "127.0.0.1", "-p", self.port, db)
+            self._as_postgres(self.bin / "createdb", "-h", self.dir, "-p", self.port, db)
 
     def _as_postgres(self, *argv: object) -> None:
         subprocess.run(
@@ -62,8 +68,10 @@ class Postgres:
             cwd=self.dir,
         )
 
-    def url(self, db: str) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{db}"
+    def url(self, db: str, password: bool = True) -> str:
+        """The database's URL; with the password in it when there is one (and `password`)."""
+        secret = f":{self.password}" if self.password is not None and password else ""
+        return f"postgresql://postgres{secret}@127.0.0.1:{self.port}/{db}"
 
     def close(self) -> None:
         try:

@@ -45,14 +45,16 @@ class StudyEnv:
     def env(self) -> dict[str, str]:
         return {**os.environ, "PYTHONWARNINGS": "ignore", "RAY_AUTH_MODE": "disabled"}
 
-    def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    def run(
+        self, *args: str, timeout: float = 300, env_extra: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess:
         return subprocess.run(
             self.argv(*args),
             cwd=self.root,
             capture_output=True,
             text=True,
             timeout=timeout,
-            env=self.env(),
+            env={**self.env(), **(env_extra or {})},
         )
 
     def run_here(self, *args: str) -> tuple[int, str, str]:
@@ -66,6 +68,7 @@ class StudyEnv:
 
         out, err = io.StringIO(), io.StringIO()
         here = Path.cwd()
+        saved = dict(os.environ)  # what the study sets (a password file's path) goes with it
         os.chdir(self.root)
         try:
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -75,6 +78,8 @@ class StudyEnv:
                     code = stop.code if isinstance(stop.code, int) else 1
         finally:
             os.chdir(here)
+            os.environ.clear()
+            os.environ.update(saved)
         return code, out.getvalue(), err.getvalue()
 
     def start(self, *args: str, log: str = "driver.log") -> tuple[subprocess.Popen, Path]:

@@ -1,0 +1,154 @@
+"""Passwords given in URLs: taken out at the door, handed to the clients, never written.
+
+A URL with a password (`postgresql://flair:PW@db/optuna`, `http://user:PW@mlflow:5000`) is
+split when the flags are read (`take`). From then on the study carries the URL without its
+password everywhere: the plan, MLflow tags, the Optuna ledger, Tune's and the searcher's
+pickles, the console, the report. The password reaches each client through the channel the
+client reads by itself:
+
+- PostgreSQL (Optuna's storage, an MLflow database store): a libpq password file
+  (`PGPASSFILE`), mode 0600, in a private temporary folder removed when the process ends;
+- an MLflow tracking server: `MLFLOW_TRACKING_USERNAME` and `MLFLOW_TRACKING_PASSWORD`.
+
+A later `--resume` gets its passwords the same way, from the URL given again or from the
+environment (`OPTUNA_STORAGE`, `MLFLOW_TRACKING_URI`, the MLflow variables, `~/.pgpass`).
+Text that may quote a URL (a driver's error) goes through `scrub` before it is shown.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from flairseg.errors import ConfigError
+
+MASK = "***"
+_TAKEN: set[str] = set()  # every password taken this process, for `scrub`
+_PGPASS: Path | None = None
+
+
+def _netloc(user: str | None, host: str | None, port: int | None, password: str | None) -> str:
+    where = (host or "") + (f":{port}" if port else "")
+    if user is None:
+        return where
+    return f"{user}{':' + password if password is not None else ''}@{where}"
+
+
+def redact(url: str) -> str:
+    """`url` with its password shown as `***` (unchanged when it has none)."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # not a URL (a bad port ...): shown as given, less known secrets
+        return scrub(url)
+    if password is None:
+        return scrub(url)
+    netloc = _netloc(parts.username, parts.hostname, parts.port, MASK)
+    return scrub(urlunsplit(parts._replace(netloc=netloc)))
+
+
+def without_password(url: str) -> tuple[str, str | None, str | None]:
+    """(the URL without its password, the user name, the password), both decoded."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url, None, None
+    netloc = _netloc(parts.username, parts.hostname, parts.port, None)
+    return (
+        urlunsplit(parts._replace(netloc=netloc)),
+        unquote(parts.username or ""),
+        unquote(parts.password),
+    )
+
+
+def scrub(text: str) -> str:
+    """`text` with every password taken this process replaced by `***`."""
+    for secret in sorted(_TAKEN, key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    return text
+
+
+def take(url: str, flag: str) -> str:
+    """`url` without its password; the password handed to the client that will connect.
+
+    PostgreSQL URLs put it in the process's libpq password file, http(s) URLs of an MLflow
+    server in MLflow's credential variables. A password in any other kind of URL (a Tune
+    `--storage` URI, a Ray address) cannot be handed on safely and is refused: give those
+    credentials through the environment the storage or Ray reads.
+    """
+    clean, user, password = without_password(url)
+    if password is None:
+        return url
+    _TAKEN.update({password, urlsplit(url).password or password})
+    scheme = urlsplit(url).scheme.split("+")[0]
+    if scheme in ("postgresql", "postgres"):
+        parts = urlsplit(url)
+        database = parts.path.lstrip("/") or "*"
+        _pgpass_add(parts.hostname or "localhost", parts.port or 5432, database, user, password)
+    elif scheme in ("http", "https") and flag == "--mlflow-uri":
+        os.environ["MLFLOW_TRACKING_USERNAME"] = user or ""
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = password
+        parts = urlsplit(clean)  # no user name left either: MLflow sends the pair itself
+        clean = urlunsplit(parts._replace(netloc=_netloc(None, parts.hostname, parts.port, None)))
+    else:
+        raise ConfigError(
+            f"{flag} {redact(url)}: a password in this URL would be written to the study's "
+            "files; give it through the environment instead"
+        )
+    return clean
+
+
+def _pgpass_add(host: str, port: int, database: str, user: str | None, password: str) -> None:
+    """Add a line to this process's libpq password file (made on first use, 0600)."""
+    global _PGPASS
+    if _PGPASS is None:
+        folder = Path(tempfile.mkdtemp(prefix="flairseg-pgpass-"))  # 0700
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        _PGPASS = folder / "pgpass"
+        earlier = os.environ.get("PGPASSFILE") or str(Path.home() / ".pgpass")
+        lines = Path(earlier).read_text() if Path(earlier).is_file() else ""
+        fd = os.open(_PGPASS, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(lines if lines.endswith("\n") or not lines else lines + "\n")
+        os.environ["PGPASSFILE"] = str(_PGPASS)
+
+    def esc(value: str) -> str:
+        return value.replace("\\", "\\\\").replace(":", "\\:")
+
+    line = ":".join(esc(v) for v in (host, str(port), database, user or "*", password))
+    with _PGPASS.open("r+") as f:
+        existing = f.read()
+        f.seek(0)
+        f.write(line + "\n" + existing)  # first match wins: ours before any older line
+        f.truncate()
+
+
+# the variable a secret-bearing flag's value can come from instead (study.run reads both)
+ENV_OF = {"--optuna-storage": "OPTUNA_STORAGE", "--mlflow-uri": "MLFLOW_TRACKING_URI"}
+
+
+def command_line(argv: list[str]) -> str:
+    """`python -m study.run ARGS` as it can be run again: a URL given with a password is
+    replaced by the variable it can come from (`--optuna-storage "$OPTUNA_STORAGE"`); any
+    other password is shown as `***`."""
+    import shlex
+
+    out: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        flag, eq, value = arg.partition("=")
+        if flag in ENV_OF and not eq and i + 1 < len(args):
+            value, i = args[i + 1], i + 1
+        if flag in ENV_OF and value and without_password(value)[2] is not None:
+            out.append(f'{flag} "${ENV_OF[flag]}"')
+        elif flag in ENV_OF and value:
+            out.append(f"{flag} {shlex.quote(redact(value))}")
+        else:
+            out.append(shlex.quote(redact(arg)))
+        i += 1
+    return "python -m study.run " + " ".join(out)
