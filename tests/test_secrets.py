@@ -63,7 +63,7 @@ def test_a_study_on_a_password_database_writes_the_password_nowhere(
         url = f"postgresql://postgres:{ENCODED}@127.0.0.1:{pg.port}/optuna"
         env = StudyEnv(tmp_path, phantom_dir)
         out = tmp_path / "summary.json"
-        args = ("--search", "combo_alpha", "--image-size", "32", "--trials", "2")
+        args = ("--search", "combo_alpha", "--image-size", "32", "--trials", "1")
         args += ("--max-epochs", "1", "--json", str(out))
         result = env.run(*args, "--optuna-storage", url)
         assert result.returncode == 0, result.stdout + result.stderr
