@@ -100,7 +100,7 @@ def _wait_for_epoch(env: StudyEnv, trial: int, proc, timeout: float = 240) -> No
 def test_sigkill_then_resume_continues_every_fold(tmp_path: Path, phantom_dir: Path) -> None:
     env = StudyEnv(tmp_path, phantom_dir)
     args = ("--search", "combo_alpha", "--image-size", "32", "--concurrency", "1")
-    args += ("--trials", "2", "--max-epochs", "4", "--folds", "2")
+    args += ("--trials", "2", "--max-epochs", "3", "--folds", "2")
     proc, log = env.start(*args)
     wait_for(log, "trial #0 ", proc)
     _wait_for_epoch(env, 1, proc)
