@@ -98,12 +98,7 @@ def _best_star(group: str, best: Trial, key: str) -> go.Scatter:
         x=[group],
         y=[best.metrics.get(key)],
         mode="markers",
-        marker={
-            "symbol": "star",
-            "size": 16,
-            "color": "gold",
-            "line": {"color": "black", "width": 1},
-        },
+        marker=spread.BEST_MARKER,
         name=f"best of {group}",
         text=[best.name],
         hovertemplate="best: %{text}<br>%{y:.4f}<extra></extra>",

@@ -13,6 +13,14 @@ import plotly.graph_objects as go
 from dashboards.load import Trial, finite
 from flairseg.cvkeys import single_key, std_key
 
+# the marker of a group's best trial, with or without its spread
+BEST_MARKER = {
+    "symbol": "star",
+    "size": 16,
+    "color": "gold",
+    "line": {"color": "black", "width": 1},
+}
+
 BAND_ALPHA = 0.15  # the opacity of a learning curve's ± 1 sd band
 
 
@@ -84,12 +92,7 @@ def family_traces(
         x=[xs[trials.index(best)]],
         y=[best.metrics.get(key)],
         mode="markers",
-        marker={
-            "symbol": "star",
-            "size": 16,
-            "color": "gold",
-            "line": {"color": "black", "width": 1},
-        },
+        marker=BEST_MARKER,
         error_y=error_bars([best.spread(key)], "black"),
         name=f"best of {group}",
         text=[best.name + sd_note(best, key, data_folds)],

@@ -17,8 +17,16 @@ from torch import nn
 from flairseg.config import TrainConfig
 from flairseg.ensemble import Ensemble
 from flairseg.errors import ConfigError
+from flairseg.files import atomic_write
 
 CHECKPOINT_FORMAT = 1
+
+
+def write_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Save a checkpoint dict atomically (a reader never sees half a file)."""
+    with atomic_write(path) as f:
+        torch.save(payload, f)
+    return Path(path)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

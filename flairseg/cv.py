@@ -33,10 +33,10 @@ from flairseg.engine import (
     evaluate,
     load_checkpoint,
     restore,
+    write_checkpoint,
 )
 from flairseg.ensemble import Ensemble
 from flairseg.errors import ConfigError
-from flairseg.files import atomic_write
 from flairseg.folds import Folds
 from flairseg.speed import layout
 
@@ -79,10 +79,7 @@ class FoldsState:
         }
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the checkpoint atomically (a reader never sees half a file)."""
-        with atomic_write(path) as f:
-            torch.save(self.state_dict(), f)
-        return Path(path)
+        return write_checkpoint(self.state_dict(), path)
 
 
 @dataclass

@@ -26,12 +26,12 @@ from flairseg.checkpoint import (  # noqa: F401  (re-exported: the engine's API)
     CHECKPOINT_FORMAT,
     load_checkpoint,
     model_from_checkpoint,
+    write_checkpoint,
 )
 from flairseg.config import TrainConfig
 from flairseg.dataset import Dataset, Part
 from flairseg.ensemble import Ensemble
 from flairseg.errors import ConfigError
-from flairseg.files import atomic_write
 from flairseg.speed import FAST, Speed, amp_dtype, layout, mixed_precision, true_fp32
 
 
@@ -149,10 +149,7 @@ class TrainState:
         }
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the checkpoint atomically (a reader never sees half a file)."""
-        with atomic_write(path) as f:
-            torch.save(self.state_dict(), f)
-        return Path(path)
+        return write_checkpoint(self.state_dict(), path)
 
 
 @dataclass

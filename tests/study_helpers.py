@@ -12,6 +12,18 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
+# a search where two configs learn and four cannot (lr 1e-7): ASHA must stop those; with
+# fewer, one that cannot learn may tie the median at the first rung and go on
+HOPELESS = """objective: {metric: val_loss, mode: min}
+fixed: {model: unet, loss: combo, image_size: 32, unet: {width: 8}}
+space:
+  lr: {choice: [0.003, 0.0000001]}
+points: [{lr: 0.003}, {lr: 0.0000001}, {lr: 0.0000001}, {lr: 0.003}, {lr: 0.0000001}, {lr: 0.0000001}]
+trials: 6
+asha: {max_epochs: 4, grace_period: 1, reduction_factor: 2}
+concurrency: 1
+"""
+
 
 @dataclass
 class StudyEnv:

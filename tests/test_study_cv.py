@@ -13,24 +13,17 @@ import time
 from pathlib import Path
 
 import pytest
-from study_helpers import StudyEnv, wait_for, write_search
+from study_helpers import HOPELESS, StudyEnv, wait_for, write_search
 
 from study.schema import METRIC_KEYS
 
 # the ASHA test's search, cross-validated: two configs learn, four cannot (with fewer, a
 # config that cannot learn may tie the median at the first rung and go on)
-CV_ASHA = """
-description: "a cross-validated study where half the configs cannot learn"
-objective: {metric: val_loss, mode: min}
-fixed: {model: unet, loss: combo, image_size: 32, unet: {width: 8}}
-space:
-  lr: {choice: [0.003, 0.0000001]}
-points: [{lr: 0.003}, {lr: 0.0000001}, {lr: 0.0000001}, {lr: 0.003}, {lr: 0.0000001}, {lr: 0.0000001}]
-trials: 6
-asha: {max_epochs: 4, grace_period: 1, reduction_factor: 2}
-concurrency: 1
-cv: {folds: 2}
-"""
+CV_ASHA = (
+    'description: "a cross-validated study where half the configs cannot learn"\n'
+    + HOPELESS
+    + "cv: {folds: 2}\n"
+)
 
 
 @pytest.mark.slow

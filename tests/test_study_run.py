@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from study_helpers import StudyEnv, wait_for, write_search
+from study_helpers import HOPELESS, StudyEnv, wait_for, write_search
 
 pytestmark = pytest.mark.slow
 
@@ -88,17 +88,12 @@ def test_a_study_lands_in_mlflow_as_designed(tmp_path: Path, phantom_dir: Path) 
     assert set(split) == {"train", "val", "test"} and all(split.values())
 
 
-ASHA = """
+ASHA = (
+    """
 description: "a study where half the configs cannot learn: ASHA must stop them"
-objective: {metric: val_loss, mode: min}
-fixed: {model: unet, loss: combo, image_size: 32, unet: {width: 8}}
-space:
-  lr: {choice: [0.003, 0.0000001]}
-points: [{lr: 0.003}, {lr: 0.0000001}, {lr: 0.0000001}, {lr: 0.003}, {lr: 0.0000001}, {lr: 0.0000001}]
-trials: 6
-asha: {max_epochs: 4, grace_period: 1, reduction_factor: 2}
-concurrency: 1
 """
+    + HOPELESS
+)
 
 
 def test_asha_stops_the_hopeless_at_the_grace_period(tmp_path: Path, phantom_dir: Path) -> None:
