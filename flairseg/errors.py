@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -20,6 +21,7 @@ class ConfigError(FlairsegError):
 
 
 EXIT_USAGE = 2
+PRIVATE_UMASK = 0o007  # no access for others to what a command writes
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -33,7 +35,12 @@ class ArgumentParser(argparse.ArgumentParser):
 def run_cli(
     main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None
 ) -> None:
-    """Run a CLI entry point; a `FlairsegError` becomes `error: ...` on stderr and exit status 2."""
+    """Run a CLI entry point; a `FlairsegError` becomes `error: ...` on stderr and exit status 2.
+
+    What the command writes is not readable by others (the umask gains 0o007): results, run
+    databases, checkpoints and reports can hold patient-derived data and the study's setup.
+    """
+    os.umask(os.umask(0) | PRIVATE_UMASK)
     try:
         code = main(argv)
     except FlairsegError as err:

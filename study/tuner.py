@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -56,8 +58,30 @@ def start_ray(address: str | None) -> None:
     except Exception as err:  # ConnectionError and friends, worded by Ray
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(
-            f"--address {address}: cannot join the Ray cluster ({first[:200]})"
+            f"--address {address}: cannot join the Ray cluster ({first[:200]}){_auth_hint()}"
         ) from None
+    if address is None:
+        _keep_token_private()
+
+
+def _auth_hint() -> str:
+    """What to check when a cluster may have refused this driver's token (or its lack)."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        return (
+            "; a cluster with token authentication needs RAY_AUTH_MODE=token and its token "
+            "in RAY_AUTH_TOKEN (or a file named by RAY_AUTH_TOKEN_PATH) here"
+        )
+    return "; is RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) the cluster's token?"
+
+
+def _keep_token_private() -> None:
+    """Ray's own token for a local cluster (`~/.ray/auth_token`, written at the first
+    `ray.init()` with the process's umask, 0644 by default) guards a Ray that listens on
+    the network card: only its owner may read it."""
+    token = Path.home() / ".ray" / "auth_token"
+    with contextlib.suppress(OSError):
+        if token.stat().st_mode & 0o077:
+            token.chmod(0o600)
 
 
 def gpus_per_trial(search: searches.Search) -> float:

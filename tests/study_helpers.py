@@ -58,15 +58,17 @@ class StudyEnv:
         return {**os.environ, "PYTHONWARNINGS": "ignore", "RAY_AUTH_MODE": "disabled"}
 
     def run(
-        self, *args: str, timeout: float = 300, env_extra: dict[str, str] | None = None
+        self, *args: str, timeout: float = 300, env_extra: dict[str, str | None] | None = None
     ) -> subprocess.CompletedProcess:
+        """`python -m study.run ARGS`; `env_extra` sets variables (None: unsets one)."""
+        env = {**self.env(), **(env_extra or {})}
         return subprocess.run(
             self.argv(*args),
             cwd=self.root,
             capture_output=True,
             text=True,
             timeout=timeout,
-            env={**self.env(), **(env_extra or {})},
+            env={k: v for k, v in env.items() if v is not None},
         )
 
     def run_here(self, *args: str) -> tuple[int, str, str]:
@@ -81,6 +83,8 @@ class StudyEnv:
         out, err = io.StringIO(), io.StringIO()
         here = Path.cwd()
         saved = dict(os.environ)  # what the study sets (a password file's path) goes with it
+        mask = os.umask(0)  # and the umask it narrows
+        os.umask(mask)
         os.chdir(self.root)
         try:
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -90,6 +94,7 @@ class StudyEnv:
                     code = stop.code if isinstance(stop.code, int) else 1
         finally:
             os.chdir(here)
+            os.umask(mask)
             os.environ.clear()
             os.environ.update(saved)
         return code, out.getvalue(), err.getvalue()
@@ -148,3 +153,8 @@ def wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 240
 def write_search(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def readable_by_others(root: Path) -> list[str]:
+    """Files under `root` that a user other than the owner can read (mode o+r)."""
+    return [str(p) for p in root.rglob("*") if p.is_file() and p.stat().st_mode & 0o004]

@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from study_helpers import HOPELESS, StudyEnv, wait_for, write_search
+from study_helpers import HOPELESS, StudyEnv, readable_by_others, wait_for, write_search
 
 pytestmark = pytest.mark.slow
 
@@ -37,10 +37,14 @@ def test_a_study_lands_in_mlflow_as_designed(tmp_path: Path, phantom_dir: Path) 
     name = "family"
     env = StudyEnv(tmp_path, phantom_dir)
     out = tmp_path / "summary.json"
+    home = tmp_path / "home"  # Ray's defaults as a user has them: its token file in HOME
     result = env.run(
-        "--search", name, *TINY, "--trials", "2", "--max-epochs", "2", "--json", str(out)
-    )
+        "--search", name, *TINY, "--trials", "2", "--max-epochs", "2", "--json", str(out),
+        env_extra={"HOME": str(home), "RAY_AUTH_MODE": None},
+    )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+    assert readable_by_others(tmp_path) == []  # MLflow's db, Tune's state, caches, the token
+    assert (home / ".ray" / "auth_token").stat().st_mode & 0o777 == 0o600
     assert "Traceback" not in result.stdout + result.stderr
     assert "warning" not in result.stdout
     summary = json.loads(out.read_text())
