@@ -60,8 +60,10 @@ class RayNode:
         head_port: int | None = None,
         address: str | None = None,
         gpus: int = 0,
+        env: dict[str, str] | None = None,
     ) -> None:
-        """`gpus` declares GPUs to Ray's scheduler; none need be present (trials then use the CPU)."""
+        """`gpus` declares GPUs to Ray's scheduler; none need be present (trials then use the CPU).
+        `env`: variables over RAY_ENV (`RAY_AUTH_MODE=token` and the token: a locked cluster)."""
         self.ip = ip
         argv = [
             "ray",
@@ -78,7 +80,7 @@ class RayNode:
         ray = str(Path(sys.executable).parent / "ray")
         self.proc = subprocess.Popen(
             [ray, *argv[1:]],
-            env=RAY_ENV,
+            env={**RAY_ENV, **(env or {})},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
@@ -96,8 +98,10 @@ class RayNode:
         stop(self.proc, signal.SIGINT)
 
 
-def wait_nodes(address: str, n: int, timeout: float = 90) -> None:
-    """Wait until the cluster at `address` has `n` alive nodes."""
+def wait_nodes(
+    address: str, n: int, timeout: float = 90, env: dict[str, str] | None = None
+) -> None:
+    """Wait until the cluster at `address` has `n` alive nodes (`env`: as for RayNode)."""
     code = (
         "import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
         "print(sum(n['Alive'] for n in ray.nodes()))"
@@ -108,7 +112,7 @@ def wait_nodes(address: str, n: int, timeout: float = 90) -> None:
             [sys.executable, "-c", code, address],
             capture_output=True,
             text=True,
-            env=RAY_ENV,
+            env={**RAY_ENV, **(env or {})},
             timeout=60,
         ).stdout.strip()
         if out.isdigit() and int(out) >= n:

@@ -88,9 +88,30 @@ def open_experiment(uri: str, name: str) -> str:
         raise
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        refused = _refused_login(first)
+        if refused:
+            raise ConfigError(f"--mlflow-uri {uri}: {refused}") from None
         raise ConfigError(
             f"--mlflow-uri {uri}: cannot reach the tracking store ({first[:200]})"
         ) from None
+
+
+def _refused_login(error: str) -> str | None:
+    """What to do when an MLflow server with a login (its basic-auth app) said no."""
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if "error code 401" in error:
+        if not user:
+            return (
+                "the tracking server wants a login: set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD"
+            )
+        return f"the tracking server refused user {user} (check MLFLOW_TRACKING_PASSWORD)"
+    if "error code 403" in error:
+        return (
+            f"user {user} may not write here: an admin must grant it EDIT on the experiment "
+            "(or MANAGE), or name another --experiment"
+        )
+    return None
 
 
 def trial_params(config: TrainConfig) -> dict[str, Any]:

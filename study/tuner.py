@@ -11,8 +11,11 @@ import contextlib
 import dataclasses
 import logging
 import os
+import sys
+import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,25 +56,55 @@ def start_ray(address: str | None) -> None:
     # without --address: always a fresh Ray on this machine ("local"); a bare ray.init() would
     # join any cluster a `ray start` left running here, and its busy or dying nodes with it
     kwargs["address"] = address or "local"
-    try:
-        ray.init(**kwargs)
-    except Exception as err:  # ConnectionError and friends, worded by Ray
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(
-            f"--address {address}: cannot join the Ray cluster ({first[:200]}){_auth_hint()}"
-        ) from None
     if address is None:
+        ray.init(**kwargs)
         _keep_token_private()
+        return
+    with _held_stderr() as ray_log:
+        try:
+            ray.init(**kwargs)
+        except Exception as err:  # ConnectionError and friends, worded by Ray
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            why = _auth_hint(ray_log()) or f"cannot join the Ray cluster ({first[:200]})"
+            raise ConfigError(f"--address {address}: {why}") from None
 
 
-def _auth_hint() -> str:
-    """What to check when a cluster may have refused this driver's token (or its lack)."""
+@contextlib.contextmanager
+def _held_stderr() -> Iterator[Callable[[], str]]:
+    """Ray's C++ client logs each refused attempt to join on file descriptor 2 (twenty
+    lines for a missing token): hold them in a file while it tries. Shown as they were
+    when it joins; the caller reads them (the callable) for the cause when it does not."""
+    sys.stderr.flush()
+    with tempfile.TemporaryFile(mode="w+", errors="replace") as held:
+
+        def text() -> str:
+            held.seek(0)  # Ray wrote through descriptor 2, which shares the file's offset
+            return held.read()
+
+        saved = os.dup(2)
+        os.dup2(held.fileno(), 2)
+        try:
+            yield text
+        except BaseException:
+            os.dup2(saved, 2)
+            raise
+        else:
+            os.dup2(saved, 2)
+            sys.stderr.write(text())
+        finally:
+            os.close(saved)
+
+
+def _auth_hint(ray_log: str) -> str | None:
+    """The line to show when the cluster refused this driver's token (or its lack)."""
+    if "InvalidAuthToken" not in ray_log and "AuthenticationError" not in ray_log:
+        return None
     if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
         return (
-            "; a cluster with token authentication needs RAY_AUTH_MODE=token and its token "
-            "in RAY_AUTH_TOKEN (or a file named by RAY_AUTH_TOKEN_PATH) here"
+            "the Ray cluster wants a token: set RAY_AUTH_MODE=token and its token in "
+            "RAY_AUTH_TOKEN (or a file named by RAY_AUTH_TOKEN_PATH)"
         )
-    return "; is RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) the cluster's token?"
+    return "the Ray cluster refused this token: is RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) its own?"
 
 
 def _keep_token_private() -> None:

@@ -16,6 +16,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -70,7 +71,7 @@ class Postgres:
 
     def url(self, db: str, password: bool = True) -> str:
         """The database's URL; with the password in it when there is one (and `password`)."""
-        secret = f":{self.password}" if self.password is not None and password else ""
+        secret = f":{quote(self.password, safe='')}" if self.password and password else ""
         return f"postgresql://postgres{secret}@127.0.0.1:{self.port}/{db}"
 
     def close(self) -> None:
@@ -81,26 +82,37 @@ class Postgres:
 
 
 class MlflowServer:
-    def __init__(self, backend: str, artifacts: Path) -> None:
+    """`mlflow server` on 127.0.0.1; its store's URL in the environment, as docker/ starts it.
+
+    `admin_password`: MLflow's basic-auth app, whose admin user (`admin`) gets that password
+    at the first start; anonymous requests are then refused (all but /health).
+    """
+
+    def __init__(self, backend: str, artifacts: Path, admin_password: str | None = None) -> None:
         self.port = free_port()
+        env = {
+            **os.environ,
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            "MLFLOW_BACKEND_STORE_URI": backend,  # not in argv: it may hold a password
+        }
+        argv = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1"]
+        argv += ["--port", str(self.port), "--workers", "1"]
+        argv += ["--artifacts-destination", str(artifacts)]
+        self.auth_dir: Path | None = None
+        if admin_password is not None:
+            self.auth_dir = Path(tempfile.mkdtemp(prefix="flairseg-mlflow-auth-"))
+            users = self.auth_dir / "basic_auth.ini"
+            users.write_text(
+                "[mlflow]\ndefault_permission = READ\n"
+                f"database_uri = sqlite:///{users.parent / 'users.db'}\nadmin_username = admin\n"
+            )
+            env["MLFLOW_AUTH_CONFIG_PATH"] = str(users)
+            env["MLFLOW_AUTH_ADMIN_PASSWORD"] = admin_password
+            env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = os.urandom(16).hex()
+            argv += ["--app-name", "basic-auth"]
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mlflow",
-                "server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--workers",
-                "1",
-                "--backend-store-uri",
-                backend,
-                "--artifacts-destination",
-                str(artifacts),
-            ],  # fmt: skip
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            argv,
+            env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
@@ -118,3 +130,5 @@ class MlflowServer:
 
     def close(self) -> None:
         stop(self.proc)
+        if self.auth_dir is not None:
+            shutil.rmtree(self.auth_dir, ignore_errors=True)
