@@ -174,7 +174,13 @@ def test_the_locked_cluster_refuses_whoever_lacks_its_keys(
     ]
     bad_token = run(env, cluster, cmd, RAY_AUTH_TOKEN="0" * 64, RAY_NUM_REDIS_GET_RETRIES="2")
     assert bad_token.returncode == 2 and "refused this token" in bad_token.stderr
-    for result in (no_token, anonymous, bad_login, bad_token):
+    # the login in the URL instead: handed to MLflow's client (it gets past MLflow), shown as ***
+    in_url = list(cmd)
+    at = in_url.index("--mlflow-uri") + 1
+    in_url[at] = in_url[at].replace("http://", f"http://admin:{MLFLOW_PASSWORD}@")
+    url_login = run(env, cluster, in_url, mlflow=False, ray=False, RAY_NUM_REDIS_GET_RETRIES="2")
+    assert "the Ray cluster wants a token" in url_login.stderr, url_login.stderr
+    for result in (no_token, anonymous, bad_login, bad_token, url_login):
         shown = result.stdout + result.stderr
         assert not [s for s in SECRETS if s in shown], shown
     runs = server_runs(cluster, "combo_alpha")  # the experiment may be there: no run
