@@ -8,14 +8,13 @@ A cross-validated study's scores also show their spread over the folds (dashboar
 
 from __future__ import annotations
 
-import html
 import math
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from dashboards import spread
-from dashboards.load import StudyData, Trial, finite
+from dashboards.load import StudyData, Trial, finite, plain
 from study.schema import Tag
 
 SCORES = ("iou", "dice", "pixel_accuracy", "mean_accuracy")
@@ -240,7 +239,7 @@ def fig_parallel(data: StudyData) -> go.Figure:
             "label": "model / loss",
             "values": [groups.index(t.group) for t in trials],
             "tickvals": list(range(len(groups))),
-            "ticktext": groups,
+            "ticktext": [plain(g) for g in groups],
         }
     ]
     dims += [
@@ -274,7 +273,7 @@ def _dimension(key: str, raw: list[str]) -> dict:
             "label": key,
             "values": [levels.index(v) for v in raw],
             "tickvals": list(range(len(levels))),
-            "ticktext": levels,
+            "ticktext": [plain(v) for v in levels],
         }
     values = [v if math.isfinite(v) else -1 for v in num]
     if key == "lr":
@@ -311,8 +310,8 @@ def fig_curves(data: StudyData) -> go.Figure:
                 line={"color": colour, "width": 1.5, "dash": "solid" if t.ok else "dot"},
                 name=t.name,
                 legendgroup=t.group,
-                hovertemplate=t.name
-                + "<br>epoch %{x}<br>"
+                text=[t.name] * len(xs),  # data in text, never in the template
+                hovertemplate="%{text}<br>epoch %{x}<br>"
                 + data.metric
                 + " %{y:.4f}<extra></extra>",
             )
@@ -325,7 +324,8 @@ def fig_curves(data: StudyData) -> go.Figure:
                     mode="markers",
                     marker={"symbol": "x", "size": 11, "color": colour},
                     showlegend=False,
-                    hovertemplate=f"{t.name}<br>stopped by ASHA at epoch {xs[-1]} of {t.planned}<extra></extra>",
+                    text=[t.name],
+                    hovertemplate=f"%{{text}}<br>stopped by ASHA at epoch {xs[-1]} of {t.planned}<extra></extra>",
                 )
             )
     fig.update_layout(title=title, height=480, xaxis_title="epoch", yaxis_title=data.metric)
@@ -361,7 +361,7 @@ def fig_facts(data: StudyData) -> go.Figure:
             columnwidth=[120, 700],
             header={"values": ["fact", "value"], "fill_color": "#dde5f0", "align": "left"},
             cells={
-                "values": [[r[0] for r in rows], [html.escape(str(r[1])) for r in rows]],
+                "values": [[r[0] for r in rows], [str(r[1]) for r in rows]],
                 "align": "left",
             },
         )

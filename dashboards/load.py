@@ -1,12 +1,15 @@
 """The report's one read of MLflow: a study's runs, curves and pictures as plain data.
 
 Everything a figure draws is loaded here, through the names of `study.schema`, so the
-figure builders hold no MLflow client and can be fed a `StudyData` made by hand. Nothing
-here imports torch: the report runs where only MLflow is installed.
+figure builders hold no MLflow client and can be fed a `StudyData` made by hand. Every
+string read here is held as the report shows it, escaped by `label` (Plotly draws text as
+a subset of HTML), so names with markup are text in every figure, table and the page.
+Nothing here imports torch: the report runs where only MLflow is installed.
 """
 
 from __future__ import annotations
 
+import html
 import math
 import os
 import tempfile
@@ -163,6 +166,21 @@ def finite(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
 
+def label(text: Any) -> str:
+    """User text as Plotly and the page show it: `<`, `>`, `&` escaped, never markup.
+
+    Plotly draws `<a href>`, `<b>`, `<span style>`... in every label and decodes `&lt;`,
+    `&gt;`, `&amp;` but not `&quot;`, so quotes stay as they are (text, never attributes).
+    """
+    return html.escape(str(text), quote=False)
+
+
+def plain(text: str) -> str:
+    """A `label` back as it was, for the one text Plotly draws as is: parcoords tick labels
+    (d3 sets their text, so `&lt;` would show; markup there is never drawn)."""
+    return html.unescape(text)
+
+
 def load(uri: str, experiment: str, study: str | None = None) -> StudyData:
     """Every run of one study from MLflow; an unknown experiment or study fails in one line.
 
@@ -194,13 +212,13 @@ def load(uri: str, experiment: str, study: str | None = None) -> StudyData:
     trials.sort(key=lambda t: t.number)
     tags = dict(parents[-1].data.tags)
     data = StudyData(
-        experiment,
-        study,
-        uri,
+        label(experiment),
+        label(study),
+        label(uri),
         trials,
-        metric,
-        mode,
-        tags=tags,
+        label(metric),
+        label(mode),
+        tags={k: label(v) for k, v in tags.items()},
         invocations=len(parents),
         wall_s=sum(
             (p.info.end_time - p.info.start_time) / 1000
@@ -257,13 +275,15 @@ def _trial(run: Any) -> Trial:
     prefix = Param.SAMPLED_PREFIX
     return Trial(
         run_id=run.info.run_id,
-        name=run.info.run_name or run.info.run_id[:8],
+        name=label(run.info.run_name or run.info.run_id[:8]),
         number=int(tags.get(Tag.OPTUNA_TRIAL, -1)),
-        model=tags.get(Tag.MODEL, params.get("model", "?")),
-        loss=tags.get(Tag.LOSS, params.get("loss", "?")),
-        status=tags.get(Tag.STATUS, "unknown"),
-        params={k: v for k, v in params.items() if not k.startswith(prefix)},
-        sampled=[k.removeprefix(prefix).split(".")[-1] for k in params if k.startswith(prefix)],
+        model=label(tags.get(Tag.MODEL, params.get("model", "?"))),
+        loss=label(tags.get(Tag.LOSS, params.get("loss", "?"))),
+        status=label(tags.get(Tag.STATUS, "unknown")),
+        params={label(k): label(v) for k, v in params.items() if not k.startswith(prefix)},
+        sampled=[
+            label(k.removeprefix(prefix).split(".")[-1]) for k in params if k.startswith(prefix)
+        ],
         metrics=dict(run.data.metrics),
         epochs=epochs,
         planned=int(tags.get(Tag.PLANNED_EPOCHS, epochs) or epochs),
@@ -272,9 +292,10 @@ def _trial(run: Any) -> Trial:
 
 def _split(text: str) -> dict[str, list[str]] | None:
     try:
-        return schema.load_split(text)
+        split = schema.load_split(text)
     except ValueError:
         return None
+    return {label(part): [label(p) for p in ids] for part, ids in split.items()}
 
 
 def load_evolution(c: Any, run_id: str, folder: str) -> EvolutionFrames | None:
@@ -287,7 +308,7 @@ def load_evolution(c: Any, run_id: str, folder: str) -> EvolutionFrames | None:
         return None
     with np.load(path) as z:
         return EvolutionFrames(
-            names=[str(n) for n in z["names"]],
+            names=[label(n) for n in z["names"]],
             epochs=[int(e) for e in z["epochs"]],
             images=z["images"],
             masks=z["masks"],

@@ -2,12 +2,12 @@
 
 plotly.js is embedded once and pictures are PNG data, so the file opens offline. Each
 figure's spec sits in a JSON script beside its div and is drawn by the small loader
-below, which records when the first screen and the whole page were drawn.
+below, which records when the first screen and the whole page were drawn. Names are
+put in as they are: `dashboards.load` holds every string already escaped (`label`).
 """
 
 from __future__ import annotations
 
-import html
 import json
 import os
 from collections.abc import Callable
@@ -89,12 +89,12 @@ def build(data: StudyData) -> tuple[str, int]:
     body = [section(name, builder(data)) for name, builder in FIGURES]
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
-<title>{html.escape(data.study)}: flairseg study report</title>
+<title>{data.study}: flairseg study report</title>
 <script type="text/javascript">{get_plotlyjs()}</script>
 <style>body{{font-family:sans-serif;margin:1em 2em;color:#222}} section{{margin-bottom:1.5em}}</style>
 </head><body>
-<h1>Study {html.escape(data.study)}</h1>
-<p>{len(data.trials)} trials of experiment {html.escape(data.experiment)}; objective {html.escape(data.metric)} ({data.mode}){_folds(data)}.</p>
+<h1>Study {data.study}</h1>
+<p>{len(data.trials)} trials of experiment {data.experiment}; objective {data.metric} ({data.mode}){_folds(data)}.</p>
 {"".join(body)}
 <script>{LOADER}</script>
 </body></html>

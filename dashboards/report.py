@@ -31,6 +31,7 @@ only), then `dashboards.page` (the HTML); none imports torch.
 
 from __future__ import annotations
 
+import html
 import os
 import tempfile
 from collections.abc import Sequence
@@ -69,7 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             copy.write_bytes(path.read_bytes())
             client(uri).log_artifact(args.log_to_run, str(copy))
     size = path.stat().st_size / 1e6
-    print(f"wrote {path} ({size:.1f} MB): study {data.study}, {len(data.trials)} trials")
+    study = html.unescape(data.study)  # held escaped for the page
+    print(f"wrote {path} ({size:.1f} MB): study {study}, {len(data.trials)} trials")
     return 0
 
 

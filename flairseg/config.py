@@ -19,6 +19,13 @@ from flairseg.losses import LOSSES, build_loss
 from flairseg.models import MODELS, build_model, model_keys
 from flairseg.registry import Knob, KnobRegistry
 
+# A config whose model holds more weights (parameters and buffers, as built: float32) is
+# refused, before anything is allocated: the preset U-Net holds 7 MiB, so this only stops
+# a typo (width=16384: 454 GiB) or a crafted checkpoint from exhausting memory.
+MAX_WEIGHT_BYTES = 2 * 2**30
+# kaggle_3m slices are 256 px; memory grows with the square of image_size
+MAX_IMAGE_SIZE = 1024
+
 
 class TrainConfig:
     """One run: the settings written here, and one field per knob of a registered loss or model.
@@ -54,7 +61,7 @@ class TrainConfig:
         _check_range("lr", self.lr, low=0.0, low_open=True)
         _check_range("batch_size", self.batch_size, low=1)
         _check_range("epochs", self.epochs, low=1)
-        _check_range("image_size", self.image_size, low=8)
+        _check_range("image_size", self.image_size, low=8, high=MAX_IMAGE_SIZE)
         if self.channels not in (1, 3):
             raise ConfigError(f"channels={self.channels} must be 3 (all) or 1 (FLAIR only)")
         for name in LOSSES.names():  # every loss's knobs, whichever loss runs, as alpha always was
@@ -71,9 +78,23 @@ class TrainConfig:
                 f"val_fraction={self.val_fraction} + test_fraction={self.test_fraction} leave no train patients"
             )
         # a knob of another model fails here; geometry checks fail here, not mid-run (meta
-        # allocates nothing)
+        # allocates nothing), and so does a model too big to build (see MAX_WEIGHT_BYTES)
         with torch.device("meta"):
-            self.build_model()
+            try:
+                model = self.build_model()
+            except (RuntimeError, TypeError) as err:  # torch: a size past int64 overflows
+                raise ConfigError(f"{self.model_text()}: {str(err).splitlines()[0]}") from None
+        weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+        if weights > MAX_WEIGHT_BYTES:
+            raise ConfigError(
+                f"{self.model_text()} would hold {weights / 2**30:.1f} GiB of weights; "
+                f"the cap is {MAX_WEIGHT_BYTES / 2**30:.0f} GiB"
+            )
+
+    def model_text(self) -> str:
+        """The model and the knobs set, for messages: `model unet (width=8)`."""
+        knobs = ", ".join(f"{k}={v}" for k, v in self.model_kwargs().items())
+        return f"model {self.model}" + (f" ({knobs})" if knobs else "")
 
     def model_kwargs(self) -> dict[str, Any]:
         """The model knobs that are set, for `build_model` (which refuses another model's)."""

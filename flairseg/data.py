@@ -5,8 +5,9 @@ post-contrast) and `NAME_N_mask.tif` (uint8, 0/255), N the slice number. Files b
 the patient folders (the real set's data.csv and README.md) are ignored.
 
 Decoded, resized slices are cached as uint8 arrays in one .npz per data set and image
-size, keyed by a fingerprint of the file list and file sizes, so a second load reads
-no TIFF. The cache is written atomically, and only after every file decoded cleanly.
+size, so a second load decodes no TIFF (flairseg.cache): it is written atomically, only
+after every file decoded cleanly, and checked when read (shapes, mask values, checksum,
+the data files' content); a damaged one is rebuilt after a one-line warning.
 """
 
 from __future__ import annotations
@@ -14,16 +15,16 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from flairseg.cache import cache_files, content_digest, read_arrays, write_arrays
 from flairseg.errors import DataError
-from flairseg.files import atomic_write
 
-CACHE_VERSION = 1
 _SLICE = re.compile(r"^(?P<stem>.+)_(?P<num>\d+)(?P<mask>_mask)?\.tiff?$", re.IGNORECASE)
 
 
@@ -45,7 +46,8 @@ class SliceSet:
     """Every slice of a data set at one size, patients in name order, slices by number.
 
     images (N, S, S, 3) uint8; masks (N, S, S) uint8 in {0, 1}; patient (N,) int index
-    into `patients`; number (N,) the slice number N of the file name.
+    into `patients`; number (N,) the slice number N of the file name. `fingerprint`
+    (names and sizes) is the data's identity; `content` also covers the files' bytes.
     """
 
     images: np.ndarray
@@ -55,6 +57,7 @@ class SliceSet:
     patients: tuple[str, ...]
     fingerprint: str
     image_size: int
+    content: str = ""
 
     def __len__(self) -> int:
         return len(self.images)
@@ -110,11 +113,16 @@ def fingerprint(pairs: list[SlicePair], root: Path) -> str:
 
 
 def _decode_tiff(path: Path) -> tuple[str, np.ndarray]:
-    """(PIL mode, pixels) of a TIFF, fully decoded: a truncated file fails here, naming it."""
+    """(PIL mode, pixels) of a TIFF, fully decoded: a truncated file fails here, naming it.
+
+    PIL's warnings (a truncated header's "Corrupt EXIF data") are silenced: the error says it.
+    """
     try:
-        with Image.open(path) as im:
-            im.load()
-            return im.mode, np.asarray(im)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                im.load()
+                return im.mode, np.asarray(im)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise DataError(f"{path}: unreadable TIFF ({err})") from None
 
@@ -183,22 +191,25 @@ def load_slices(
     fp = fingerprint(pairs, root)
     patients = tuple(sorted({p.patient for p in pairs}))
     patient_index = {name: i for i, name in enumerate(patients)}
-    cache_file = (
-        (cache or cache_dir()) / "arrays" / f"v{CACHE_VERSION}-{fp[:24]}-{image_size}px.npz"
-    )
-    if cache_file.exists():
-        with np.load(cache_file) as stored:
-            images, masks = stored["images"], stored["masks"]
-    else:
-        images, masks = decode(pairs, image_size)
-        with atomic_write(cache_file) as f:
-            np.savez(f, images=images, masks=masks)
+    arrays_file, index_file = cache_files(cache or cache_dir(), fp, root, image_size)
+    files = [  # discover's paths are root/patient/name
+        (f"{pair.patient}/{path.name}", path)
+        for pair in pairs
+        for path in (pair.image, pair.mask)
+        if path is not None
+    ]
+    content = content_digest(files, root, index_file)
+    arrays = read_arrays(arrays_file, len(pairs), image_size, content)
+    if arrays is None:
+        arrays = decode(pairs, image_size)
+        write_arrays(arrays_file, *arrays, content)
     return SliceSet(
-        images=images,
-        masks=masks,
+        images=arrays[0],
+        masks=arrays[1],
         patient=np.array([patient_index[p.patient] for p in pairs], np.int64),
         number=np.array([p.number for p in pairs], np.int64),
         patients=patients,
         fingerprint=fp,
         image_size=image_size,
+        content=content,
     )

@@ -6,11 +6,19 @@ the ensemble of its K fold models: the mean of their probabilities.
 For each slice it writes `NAME_N_pred.tif` (uint8 0/255 at the input's size) and
 `NAME_N_overlay.png` (FLAIR, ground truth where there is one, probability heat map).
 The slices of a folder are standardised together as one volume, as in training.
+
+DIR is checked before inference: it must be new (its parent existing), or a folder holding
+only such outputs (of earlier runs). It is written all or nothing: the outputs go to a
+temporary folder beside DIR, which then takes DIR's place, keeping the earlier outputs of
+other names; an error or Ctrl+C part way leaves DIR as it was.
 """
 
 from __future__ import annotations
 
+import io
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,12 +28,61 @@ import torch.nn.functional as F
 from PIL import Image
 
 from flairseg import metrics as M
+from flairseg.config import TrainConfig
 from flairseg.data import SlicePair, discover_patient, read_image, read_mask, resize_image
 from flairseg.dataset import FLAIR, standardise, volume_stats
 from flairseg.engine import load_checkpoint, model_from_checkpoint, pick_device, predict_probs
 from flairseg.ensemble import Ensemble
-from flairseg.errors import ArgumentParser, DataError, run_cli
+from flairseg.errors import ArgumentParser, ConfigError, DataError, FlairsegError, run_cli
+from flairseg.files import atomic_folder
 from flairseg.viz import overlay_panels
+
+OUTPUTS = ("_pred.tif", "_overlay.png")  # what each slice NAME_N gets: NAME_N_pred.tif ...
+
+
+def check_out(out: Path) -> None:
+    """Refuse an --out that cannot take the outputs (see the module's doc), before inference."""
+    name, real = f"--out {out}", Path(os.path.realpath(out))
+    try:
+        if out.exists() and not out.is_dir():
+            raise DataError(f"{name}: is a file; give a folder")
+        if not real.parent.is_dir():
+            raise DataError(f"{name}: its parent folder {real.parent} does not exist")
+        other = not_outputs(real)
+    except OSError as err:
+        raise DataError(f"{name}: cannot be read ({err.strerror or err})") from None
+    if other:
+        more = f" and {len(other) - 1} more" if other[1:] else ""
+        raise DataError(
+            f"{name}: holds {other[0]!r}{more}, which predict does not write; "
+            "give a new folder, an empty one, or one of earlier predictions"
+        )
+    if real.is_dir() and not os.access(real, os.W_OK | os.X_OK):
+        raise DataError(f"{name}: is not writable")
+    try:  # the outputs are staged beside it: make (and remove) a folder there
+        os.rmdir(tempfile.mkdtemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent))
+    except OSError as err:
+        raise DataError(f"{name}: cannot write in {real.parent} ({err.strerror or err})") from None
+
+
+def not_outputs(folder: Path) -> list[str]:
+    """The names in a folder that are not predict's outputs (none if it does not exist)."""
+    if not folder.is_dir():
+        return []
+    return [
+        p.name
+        for p in sorted(folder.iterdir())
+        if p.is_symlink() or not p.is_file() or not p.name.endswith(OUTPUTS)
+    ]
+
+
+def load_model(path: str) -> tuple[TrainConfig, torch.nn.Module]:
+    """The config and model (or fold ensemble) of a checkpoint; one line naming it if bad."""
+    ckpt = load_checkpoint(path)
+    try:
+        return model_from_checkpoint(ckpt)
+    except FlairsegError as err:
+        raise ConfigError(f"{path}: {err}") from None
 
 
 def input_slices(path: Path) -> list[SlicePair]:
@@ -52,7 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", help="cpu, cuda ... (default: cuda when present)")
     args = parser.parse_args(argv)
 
-    config, model = model_from_checkpoint(load_checkpoint(args.checkpoint))
+    out = Path(args.out)
+    check_out(out)
+    config, model = load_model(args.checkpoint)
     pairs = input_slices(Path(args.input))
     # read and check every file before writing anything
     originals = [read_image(p.image) for p in pairs]
@@ -71,20 +130,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     device = pick_device(args.device)
     probs = predict_probs(model.to(device), x.to(device)).cpu()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    counts = []
-    for pair, image, mask, prob in zip(pairs, originals, masks, probs, strict=True):
-        h, w = image.shape[:2]
-        full = F.interpolate(prob[None], size=(h, w), mode="bilinear", align_corners=False)[
-            0, 0
-        ].numpy()
-        pred = (full >= 0.5).astype(np.uint8)
-        stem = pair.image.stem
-        Image.fromarray(pred * 255, "L").save(out / f"{stem}_pred.tif", format="TIFF")
-        overlay_panels(image, full, mask).save(out / f"{stem}_overlay.png")
-        if mask is not None:
-            counts.append(M.confusion(torch.from_numpy(pred)[None], torch.from_numpy(mask)[None]))
+    try:
+        with atomic_folder(out) as stage:
+            counts = write_outputs(stage, pairs, originals, masks, probs)
+    except OSError as err:
+        raise DataError(
+            f"--out {out}: writing the outputs failed ({err.strerror or err}); it is left as it was"
+        ) from None
     summary = f"wrote {len(pairs)} predicted masks and overlays to {out}"
     if isinstance(model, Ensemble):
         summary += f" (the mean probability of the {len(model.members)} fold models)"
@@ -93,6 +145,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary += f"; against the {len(counts)} ground-truth masks: dice {s['dice']:.3f} iou {s['iou']:.3f}"
     print(summary, file=sys.stdout)
     return 0
+
+
+def write_outputs(
+    folder: Path,
+    pairs: list[SlicePair],
+    originals: list[np.ndarray],
+    masks: list[np.ndarray | None],
+    probs: torch.Tensor,
+) -> list[M.Confusion]:
+    """Write each slice's mask and overlay into `folder`; the confusion counts where a
+    ground-truth mask exists."""
+    counts = []
+    for pair, image, mask, prob in zip(pairs, originals, masks, probs, strict=True):
+        h, w = image.shape[:2]
+        full = F.interpolate(prob[None], size=(h, w), mode="bilinear", align_corners=False)[
+            0, 0
+        ].numpy()
+        pred = (full >= 0.5).astype(np.uint8)
+        stem = pair.image.stem
+        save_image(Image.fromarray(pred * 255, "L"), folder / f"{stem}_pred.tif", "TIFF")
+        save_image(overlay_panels(image, full, mask), folder / f"{stem}_overlay.png", "PNG")
+        if mask is not None:
+            counts.append(M.confusion(torch.from_numpy(pred)[None], torch.from_numpy(mask)[None]))
+    return counts
+
+
+def save_image(image: Image.Image, path: Path, kind: str) -> None:
+    """Encode in memory, then write: PIL's TIFF encoder drops a short write (a file size
+    limit, a full disk) without an error, leaving a truncated file."""
+    buffer = io.BytesIO()
+    image.save(buffer, format=kind)
+    path.write_bytes(buffer.getvalue())
 
 
 if __name__ == "__main__":

@@ -29,6 +29,11 @@ A setting is any TrainConfig key, model knobs included: each model's knobs are t
 it declares where it registers (flairseg.models), so this module lists none of them.
 Every key is checked on load: an unknown key, a bad range, a misspelt model or a
 value no model can be built with fails naming the key, before Ray starts.
+
+Hostile input fails the same way, in one short line: a file over MAX_FILE_BYTES, any
+YAML alias (`*name`: no "billion laughs" can expand), nesting deeper than MAX_DEPTH
+(refused while PyYAML composes, before anything is built), trials above MAX_TRIALS, an
+epoch count above MAX_EPOCHS; an error quotes a value only as a short `excerpt`.
 """
 
 from __future__ import annotations
@@ -38,11 +43,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from yaml.composer import ComposerError
 
 from flairseg.errors import ConfigError
 from study.search_checks import (
+    MAX_EPOCH_SCALE,
+    MAX_EPOCHS,
+    MAX_TRIALS,
     apply_profile,
     check_buildable,
+    check_count,
     is_number,
     parse_asha,
     parse_cv,
@@ -51,10 +61,14 @@ from study.search_checks import (
     parse_resources,
     parse_runs,
     parse_sampler,
+    refuse,
 )
-from study.space import Search, fail  # noqa: F401  (Search: re-exported)
+from study.space import EXCERPT_CHARS, Search, clip, excerpt, fail  # noqa: F401  (re-exported)
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+MAX_FILE_BYTES = 1024**2  # a search file is a page of YAML (the shipped ones: under 2 KB)
+MAX_DEPTH = 20  # nesting levels, the top mapping the first (the shipped searches: 6)
+FLAGS = "the flags"  # check_budget's source for --trials and --max-epochs
 
 
 def available() -> list[str]:
@@ -64,29 +78,74 @@ def available() -> list[str]:
 def resolve(name_or_path: str) -> Path:
     """`combo_alpha` -> experiments/combo_alpha.yaml; a path to a .yaml file as given."""
     path = Path(name_or_path)
+    shown = clip(name_or_path, 3 * EXCERPT_CHARS)
     if path.suffix in (".yaml", ".yml") or path.parent != Path("."):
         if not path.is_file():
-            raise ConfigError(f"--search {name_or_path}: no such file")
+            raise ConfigError(f"--search {shown}: no such file")
         return path
     path = EXPERIMENTS / f"{name_or_path}.yaml"
     if not path.is_file():
         raise ConfigError(
-            f"--search {name_or_path}: unknown search; choose one of: {', '.join(available())} "
+            f"--search {shown}: unknown search; choose one of: {', '.join(available())} "
             "(or give a path to a .yaml file)"
         )
     return path
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
+class Refused(ComposerError):
+    """Valid YAML that a search file may not hold (an alias, nesting past MAX_DEPTH)."""
+
+
+class SearchLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses aliases and deep nesting while it composes, so
+    an alias bomb is refused before it expands and a deep file before the stack runs out."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            why = "a YAML alias (*name): a search file writes each value out"
+            raise Refused(None, None, why, event.start_mark)
+        if self.depth >= MAX_DEPTH:
+            why = f"nested more than {MAX_DEPTH} levels deep"
+            raise Refused(None, None, why, event.start_mark)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def read_text(path: Path) -> str:
+    """The file's text; one over MAX_FILE_BYTES is refused without reading it all."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        with path.open("rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+        if len(data) <= MAX_FILE_BYTES:
+            return data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: cannot read ({err.__class__.__name__})") from None
+    raise ConfigError(
+        f"{path}: larger than {MAX_FILE_BYTES // 1024**2} MiB: a search file is a page of YAML"
+    )
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A search file's mapping, read with `SearchLoader`; anything else is one ConfigError."""
+    text = read_text(path)
+    try:
+        raw = yaml.load(text, Loader=SearchLoader)  # a SafeLoader: builds no objects
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+        problem = clip(getattr(err, "problem", None) or "invalid YAML", 2 * EXCERPT_CHARS)
+        what = "refused" if isinstance(err, Refused) else "not valid YAML"
+        raise ConfigError(f"{path}: {what}{where}: {problem}") from None
+    except ValueError as err:  # a value YAML reads but Python cannot build: 2020-13-45
+        raise ConfigError(f"{path}: not valid YAML: {clip(str(err), 2 * EXCERPT_CHARS)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a search file is a mapping of keys (description, space, ...)")
     return raw
@@ -107,6 +166,34 @@ def load(
     return parse(raw, name=path.stem, source=str(path), profile=profile, overrides=overrides)
 
 
+def check_budget(trials: Any, max_epochs: Any, source: str) -> None:
+    """Refuse trials outside [1, MAX_TRIALS] or max_epochs outside [1, MAX_EPOCHS] (None:
+    not given). `source` FLAGS names --trials and --max-epochs; a file's path, its keys."""
+    flags = source == FLAGS
+    if trials is not None:
+        check_count(trials, "--trials" if flags else f"{source}: trials", MAX_TRIALS)
+    if max_epochs is not None:
+        label = "--max-epochs" if flags else f"{source}: asha.max_epochs"
+        check_count(max_epochs, label, MAX_EPOCHS)
+
+
+def parse_counts(
+    data: Mapping[str, Any], overrides: Mapping[str, Any], where: str, runs: int
+) -> tuple[float, int, int]:
+    """epoch_scale, trials and concurrency: a flag's (named as the flag) or the file's."""
+    scale = overrides.get("epoch_scale", data.get("epoch_scale", 1.0))
+    if not is_number(scale) or not 0 < scale <= MAX_EPOCH_SCALE:
+        label = "--epoch-scale" if "epoch_scale" in overrides else f"{where}: epoch_scale"
+        raise refuse(label, scale, f"must be a number above 0, at most {MAX_EPOCH_SCALE:g}")
+    trials = overrides.get("trials", data.get("trials", runs or 10))
+    check_budget(trials, None, FLAGS if "trials" in overrides else where)  # a flag: again
+    concurrency = overrides.get("concurrency", data.get("concurrency", 1))
+    if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+        label = "--concurrency" if "concurrency" in overrides else f"{where}: concurrency"
+        raise refuse(label, concurrency, "must be a whole number, at least 1")
+    return float(scale), trials, concurrency
+
+
 def parse(
     raw: Mapping[str, Any],
     name: str,
@@ -116,8 +203,10 @@ def parse(
 ) -> Search:
     """Validate a search file's mapping into a `Search`; the first bad key fails, named."""
     where = source
-    data = apply_profile(raw, where, profile)
     overrides = dict(overrides or {})
+    # the flags first: --trials 1000000000 is named whatever the file holds
+    check_budget(overrides.get("trials"), overrides.get("max_epochs"), FLAGS)
+    data = apply_profile(raw, where, profile)
     description = data.get("description", "")
     if not isinstance(description, str):
         raise fail(where, "description: must be text")
@@ -126,15 +215,8 @@ def parse(
     if "image_size" in overrides:
         fixed["image_size"] = overrides["image_size"]
     asha = parse_asha(data.get("asha", {}), where, overrides.get("max_epochs"))
-    epoch_scale = overrides.get("epoch_scale", data.get("epoch_scale", 1.0))
-    if not is_number(epoch_scale) or epoch_scale <= 0:
-        raise fail(where, f"epoch_scale: {epoch_scale!r} must be a number above 0")
     grid, dims, points = parse_runs(data, where)
-    trials = overrides.get("trials", data.get("trials", len(grid) or 10))
-    concurrency = overrides.get("concurrency", data.get("concurrency", 1))
-    for key, value in (("trials", trials), ("concurrency", concurrency)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise fail(where, f"{key}: {value!r} must be a whole number, at least 1")
+    epoch_scale, trials, concurrency = parse_counts(data, overrides, where, len(grid))
     cpus, gpus = parse_resources(data.get("resources") or {}, overrides, where)
     search = Search(
         name=name,
@@ -147,7 +229,7 @@ def parse(
         dims=dims,
         points=points,
         grid=grid,
-        epoch_scale=float(epoch_scale),
+        epoch_scale=epoch_scale,
         trials=trials,
         asha=asha,
         concurrency=concurrency,

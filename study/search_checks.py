@@ -1,4 +1,8 @@
-"""The checks of a search file's parts, each failing with the key it names (see study.search)."""
+"""The checks of a search file's parts, each failing with the key it names (see study.search).
+
+An error quotes a user's value only as an `excerpt` (at most EXCERPT_CHARS characters),
+and a nested error's message only `brief`ly, so a hostile file still fails in one short line.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,10 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from flairseg.config import TrainConfig, field_types
+from flairseg.config import field_types
 from flairseg.errors import ConfigError
 from flairseg.models import MODELS, model_keys, model_params
-from study.space import Asha, Dim, Search, fail
+from study.space import Asha, Dim, Search, brief, build_config, excerpt, fail
 
 TOP_KEYS = {
     "description",
@@ -43,9 +47,39 @@ STUDY_OWNED = ("epochs",)
 # settings every trial of a study shares: they fix the data set and its split
 SHARED = ("image_size", "channels", "val_fraction", "test_fraction", "split_seed")
 
+# What a study can mean. Every trial trains a model for at least one epoch: ten thousand
+# trials, or ten thousand epochs of one trial, is weeks of compute (the seed's longest run
+# is 350 epochs, the shipped searches ask for at most 30 trials); more is a typo.
+MAX_TRIALS = 10_000  # trials: the file's, --trials
+MAX_EPOCHS = 10_000  # every epoch count: asha.max_epochs, --max-epochs, the grace period,
+# an `epochs` dimension, a point's or grid entry's epochs
+MAX_EPOCH_SCALE = 1_000.0  # epoch_scale, --epoch-scale (the result is capped by max_epochs)
+
+
+def refuse(label: str, value: Any, need: str) -> ConfigError:
+    """`LABEL: VALUE NEED` for a key (after its file), `--flag VALUE: NEED` for a flag."""
+    if label.startswith("--"):
+        return ConfigError(f"{label} {excerpt(value)}: {need}")
+    return ConfigError(f"{label}: {excerpt(value)} {need}")
+
+
+def check_count(value: Any, label: str, high: int, low: int = 1) -> int:
+    """`value` if it is a whole number in [low, high]; else a ConfigError naming `label`."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise refuse(label, value, f"must be a whole number, at least {low}")
+    if value > high:
+        raise refuse(label, value, f"must be at most {high}")
+    return value
+
 
 def is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite int or float (not a bool, not an int too large for a float)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def check_keys(
@@ -54,7 +88,8 @@ def check_keys(
     for key in mapping:
         if key not in allowed:
             raise fail(
-                where, f"unknown {what} {prefix}{key!r}; known: {', '.join(sorted(allowed))}"
+                where,
+                f"unknown {what} {prefix}{excerpt(key)}; known: {', '.join(sorted(allowed))}",
             )
 
 
@@ -85,10 +120,12 @@ def parse_objective(objective: Any, where: str) -> tuple[str, str]:
     check_keys(objective, {"metric", "mode"}, where, "objective key", prefix="objective.")
     metric = objective.get("metric", "val_iou")
     if metric not in OBJECTIVES:
-        raise fail(where, f"objective.metric: {metric!r} is not one of {', '.join(OBJECTIVES)}")
+        raise fail(
+            where, f"objective.metric: {excerpt(metric)} is not one of {', '.join(OBJECTIVES)}"
+        )
     mode = objective.get("mode", "min" if metric == "val_loss" else "max")
     if mode not in ("max", "min"):
-        raise fail(where, f"objective.mode: {mode!r} must be max or min")
+        raise fail(where, f"objective.mode: {excerpt(mode)} must be max or min")
     return metric, mode
 
 
@@ -114,9 +151,9 @@ def parse_resources(
     cpus = overrides.get("cpus", resources.get("cpus", 1))
     gpus = overrides.get("gpus", resources.get("gpus", "auto"))
     if not is_number(cpus) or cpus <= 0:
-        raise fail(where, f"resources.cpus: {cpus!r} must be a number above 0")
+        raise fail(where, f"resources.cpus: {excerpt(cpus)} must be a number above 0")
     if gpus != "auto" and (not is_number(gpus) or gpus < 0):
-        raise fail(where, f"resources.gpus: {gpus!r} must be auto or a number, at least 0")
+        raise fail(where, f"resources.gpus: {excerpt(gpus)} must be auto or a number, at least 0")
     return cpus, gpus
 
 
@@ -126,9 +163,7 @@ def parse_sampler(sampler: Any, where: str) -> int:
         raise fail(where, "sampler: must be a mapping {startup_trials: N}")
     check_keys(sampler, {"startup_trials"}, where, "sampler key", prefix="sampler.")
     startup = sampler.get("startup_trials", 5)
-    if not isinstance(startup, int) or isinstance(startup, bool) or startup < 0:
-        raise fail(where, f"sampler.startup_trials: {startup!r} must be a whole number >= 0")
-    return startup
+    return check_count(startup, f"{where}: sampler.startup_trials", MAX_TRIALS, low=0)
 
 
 def config_keys() -> set[str]:
@@ -139,20 +174,23 @@ def check_setting(key: str, where: str, model: str | None = None, shared: bool =
     if key in STUDY_OWNED:
         raise fail(
             where,
-            f"{key!r}: the epoch budget is asha.max_epochs (or an `epochs` dimension in space, "
-            "or a grid entry)",
+            f"{excerpt(key)}: the epoch budget is asha.max_epochs (or an `epochs` dimension "
+            "in space, or a grid entry)",
         )
     if key in SHARED and not shared:
         raise fail(
             where,
-            f"{key!r} fixes the data set and split that every trial shares: set it in `fixed`",
+            f"{excerpt(key)} fixes the data set and split that every trial shares: "
+            "set it in `fixed`",
         )
     if key not in config_keys():
-        raise fail(where, f"unknown setting {key!r}; known: {', '.join(sorted(config_keys()))}")
+        raise fail(
+            where, f"unknown setting {excerpt(key)}; known: {', '.join(sorted(config_keys()))}"
+        )
     if model is not None and key in model_keys() and key not in model_params(model):
         raise fail(
             where,
-            f"{key!r} does not apply to model {model!r} (its knobs: "
+            f"{excerpt(key)} does not apply to model {model!r} (its knobs: "
             f"{', '.join(model_params(model))})",
         )
 
@@ -173,11 +211,11 @@ def parse_fixed(fixed: Any, where: str) -> tuple[dict[str, Any], dict[str, dict[
             check_setting(key, f"{where}: fixed", shared=True)
             top[key] = value
     try:
-        TrainConfig.from_dict({k: v for k, v in top.items()})
+        build_config(top)
     except ConfigError as err:
         # model knobs of the fixed model may legitimately sit at top level; anything else
         # that fails here is a bad value
-        raise fail(where, f"fixed: {err}") from None
+        raise fail(where, f"fixed: {brief(err)}") from None
     return top, per_model
 
 
@@ -190,10 +228,7 @@ def parse_cv(cv: Any, where: str, folds_flag: int | None) -> int | None:
     if not isinstance(cv, dict):
         raise fail(where, "cv: must be a mapping {folds: K}")
     check_keys(cv, {"folds"}, where, "cv key", prefix="cv.")
-    folds = cv.get("folds")
-    if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
-        raise fail(where, f"cv.folds: {folds!r} must be a whole number, at least 2")
-    return folds
+    return check_count(cv.get("folds"), f"{where}: cv.folds", MAX_TRIALS, low=2)
 
 
 def parse_asha(asha: Any, where: str, max_epochs_flag: int | None) -> Asha:
@@ -212,14 +247,16 @@ def parse_asha(asha: Any, where: str, max_epochs_flag: int | None) -> Asha:
         "asha key",
         prefix="asha.",
     )
-    max_epochs = max_epochs_flag if max_epochs_flag is not None else asha.get("max_epochs", 20)
-    grace = asha.get("grace_period", 1)
+    if max_epochs_flag is not None:
+        max_epochs = check_count(max_epochs_flag, "--max-epochs", MAX_EPOCHS)
+    else:
+        max_epochs = check_count(
+            asha.get("max_epochs", 20), f"{where}: asha.max_epochs", MAX_EPOCHS
+        )
+    grace = check_count(asha.get("grace_period", 1), f"{where}: asha.grace_period", MAX_EPOCHS)
     factor = asha.get("reduction_factor", 3)
-    for key, value in (("max_epochs", max_epochs), ("grace_period", grace)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise fail(where, f"asha.{key}: {value!r} must be a whole number, at least 1")
     if not is_number(factor) or factor <= 1:
-        raise fail(where, f"asha.reduction_factor: {factor!r} must be a number above 1")
+        raise fail(where, f"asha.reduction_factor: {excerpt(factor)} must be a number above 1")
     grace = min(grace, max_epochs)  # --max-epochs below the grace period: one rung
     return Asha(max_epochs, grace, float(factor), bool(asha.get("enabled", True)))
 
@@ -232,7 +269,7 @@ def parse_dim(key: str, spec: Any, where: str, model: str | None) -> Dim:
     others = [k for k in spec if k not in KINDS and k != "when"]
     if others:
         raise ConfigError(
-            f"{here}: unknown key {others[0]!r}; use one of {', '.join(KINDS)} (and `when`)"
+            f"{here}: unknown key {excerpt(others[0])}; use one of {', '.join(KINDS)} (and `when`)"
         )
     if len(kinds) != 1:
         raise ConfigError(f"{here}: give exactly one of {', '.join(KINDS)}")
@@ -248,11 +285,14 @@ def parse_dim(key: str, spec: Any, where: str, model: str | None) -> Dim:
             raise ConfigError(f"{here}: {kind} needs [low, high] as two numbers")
         low, high = values
         if kind == "int" and not all(isinstance(v, int) for v in values):
-            raise ConfigError(f"{here}: int needs whole numbers, got [{low}, {high}]")
+            raise ConfigError(
+                f"{here}: int needs whole numbers, got [{excerpt(low)}, {excerpt(high)}]"
+            )
+        shown = f"bad range [{excerpt(low)}, {excerpt(high)}]"
         if low >= high:
-            raise ConfigError(f"{here}: bad range [{low}, {high}]: low must be below high")
+            raise ConfigError(f"{here}: {shown}: low must be below high")
         if kind == "loguniform" and low <= 0:
-            raise ConfigError(f"{here}: bad range [{low}, {high}]: loguniform needs low above 0")
+            raise ConfigError(f"{here}: {shown}: loguniform needs low above 0")
         values = [float(low), float(high)] if kind != "int" else [low, high]
     when = spec.get("when") or {}
     if not isinstance(when, dict):
@@ -298,11 +338,14 @@ def parse_grid(grid: Any, where: str) -> list[dict[str, Any]]:
         if not isinstance(name, str) or not name:
             raise fail(where, f"grid[{i}]: needs a name")
         if name in names:
-            raise fail(where, f"grid[{i}]: name {name!r} is used twice")
+            raise fail(where, f"grid[{i}]: name {excerpt(name)} is used twice")
         names.append(name)
+        here = f"{where}: grid[{i}] ({excerpt(name)})"
+        if "epochs" in entry:
+            check_count(entry["epochs"], f"{here}: epochs", MAX_EPOCHS)
         for key in entry:
             if key not in ("name", "epochs"):
-                check_setting(key, f"{where}: grid[{i}] ({name})")
+                check_setting(key, here)
     return [dict(g) for g in grid]
 
 
@@ -312,7 +355,7 @@ def check_buildable(search: Search, where: str) -> None:
         try:
             search.config_for(entry)
         except ConfigError as err:
-            raise fail(where, f"grid[{i}] ({entry['name']}): {err}") from None
+            raise fail(where, f"grid[{i}] ({excerpt(entry['name'])}): {brief(err)}") from None
     for dim in search.dims:
         base: dict[str, Any] = {}
         if dim.model is not None:
@@ -320,20 +363,21 @@ def check_buildable(search: Search, where: str) -> None:
         base.update(dict(dim.when))
         for value in dim.extremes():
             if dim.key == "epochs":
-                if not isinstance(value, int) or value < 1:
-                    raise fail(where, f"space.epochs: {value!r} must be a whole number >= 1")
+                check_count(value, f"{where}: space.epochs", MAX_EPOCHS)
                 continue
             try:
                 search.config_for({**base, dim.key: value})
             except ConfigError as err:
                 label = f"space.{dim.model + '.' if dim.model else ''}{dim.key}"
-                raise fail(where, f"{label}: {err}") from None
+                raise fail(where, f"{label}: {brief(err)}") from None
     for i, point in enumerate(search.points):
+        if "epochs" in point:
+            check_count(point["epochs"], f"{where}: points[{i}]: epochs", MAX_EPOCHS)
         model = search._model(point)
         for key in point:
             if search._dim_for(key, model) is None:
-                raise fail(where, f"points[{i}]: {key!r} is not a dimension of the space")
+                raise fail(where, f"points[{i}]: {excerpt(key)} is not a dimension of the space")
         try:
             search.config_for(point)
         except ConfigError as err:
-            raise fail(where, f"points[{i}]: {err}") from None
+            raise fail(where, f"points[{i}]: {brief(err)}") from None

@@ -1,12 +1,14 @@
 """A validated search: the dimensions Optuna samples, ASHA's budget, and the runs it makes.
 
 `study.search` reads and checks a search file into a `Search`; this module holds what
-the rest of `study` uses of it.
+the rest of `study` uses of it, and how an error quotes a user's value (`excerpt`, `brief`).
 """
 
 from __future__ import annotations
 
 import copy
+import re
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,9 +16,55 @@ from typing import Any
 from flairseg.config import TrainConfig
 from flairseg.errors import ConfigError
 
+EXCERPT_CHARS = 40  # the most of a user's value that an error message quotes
+BRIEF_CHARS = 160  # the most of a nested error's message (it may quote a value whole)
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = EXCERPT_CHARS
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 4
+_SHORT.maxlevel = 2
+_LONG_WORD = re.compile(rf"\S{{{EXCERPT_CHARS + 1},}}")
+
+
+def clip(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """`text` cut to at most `limit` characters, ending in "..." where it was cut."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def excerpt(value: Any) -> str:
+    """A user's value as an error message quotes it: its repr, at most EXCERPT_CHARS long."""
+    try:
+        text = _SHORT.repr(value)
+    except ValueError:  # an int past Python's digit limit for str()
+        text = f"<a {type(value).__name__} too long to show>"
+    return clip(text)
+
+
+def brief(err: Exception) -> str:
+    """A nested error's message (it may quote a value whole): each overlong word cut in
+    its middle, then the whole, so that its start and its end stay."""
+    half = EXCERPT_CHARS // 2
+    text = str(err).replace("\n", " ")
+    text = _LONG_WORD.sub(lambda m: m[0][:half] + "..." + m[0][3 - half :], text)
+    if len(text) <= BRIEF_CHARS:
+        return text
+    return text[: BRIEF_CHARS - 60] + " ... " + text[-55:]
+
 
 def fail(where: str, message: str) -> ConfigError:
     return ConfigError(f"{where}: {message}")
+
+
+def build_config(values: Mapping[str, Any]) -> TrainConfig:
+    """`TrainConfig.from_dict`, refusing first a whole number too large for a float (which
+    it would fail on with an OverflowError that names no key)."""
+    for key, value in values.items():
+        if isinstance(value, int) and not isinstance(value, bool):
+            try:
+                float(value)
+            except OverflowError:
+                raise ConfigError(f"{key}={excerpt(value)} is too large a number") from None
+    return TrainConfig.from_dict(values)
 
 
 @dataclass(frozen=True)
@@ -117,13 +165,13 @@ class Search:
         values = {k: v for k, v in values.items() if k != "name"}  # a grid entry's label
         merged = dict(self.fixed)
         model = self._model(values)
-        merged.update(self.fixed_per_model.get(model, {}))
+        merged.update(self.fixed_per_model.get(model, {}) if isinstance(model, str) else {})
         merged.update(values)
         epochs = merged.get("epochs", self.asha.max_epochs)
         if "epochs" in values or self.grid:
             epochs = max(1, round(epochs * self.epoch_scale))
         merged["epochs"] = min(int(epochs), self.asha.max_epochs)
-        return TrainConfig.from_dict(merged)
+        return build_config(merged)
 
     def planned_epochs(self) -> int:
         return self.asha.max_epochs

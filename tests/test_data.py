@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+import flairseg.data
 from flairseg.augment import augment
 from flairseg.config import TrainConfig
 from flairseg.data import load_slices
@@ -71,15 +72,19 @@ def test_loader_reads_phantom(phantom_dir: Path, tmp_path: Path) -> None:
     assert slices.masks.any()
 
 
-def test_cache_second_load_reads_no_tiff(tiny_phantom: Path, tmp_path: Path) -> None:
+def test_cache_second_load_reads_no_tiff(
+    tiny_phantom: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     first = load_slices(tiny_phantom, 32, cache=tmp_path)
-    # overwrite every TIFF with garbage of the same size: same fingerprint, undecodable files
-    for tif in tiny_phantom.rglob("*.tif"):
-        tif.write_bytes(b"\0" * tif.stat().st_size)
+
+    def no_decoding(path: Path) -> None:
+        raise DataError(f"{path}: decoded although cached")
+
+    monkeypatch.setattr(flairseg.data, "_decode_tiff", no_decoding)
     second = load_slices(tiny_phantom, 32, cache=tmp_path)
     assert np.array_equal(first.images, second.images) and np.array_equal(first.masks, second.masks)
-    assert first.fingerprint == second.fingerprint
-    with pytest.raises(DataError, match="unreadable TIFF"):
+    assert first.fingerprint == second.fingerprint and first.content == second.content
+    with pytest.raises(DataError, match="decoded although cached"):
         load_slices(tiny_phantom, 16, cache=tmp_path)  # another size is another cache entry
 
 

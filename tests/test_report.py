@@ -155,7 +155,7 @@ def test_the_split_reads_in_either_stored_form(
     out = tmp_path / "r.html"
     result = report(env, "--experiment", "splits", "--out", str(out))
     assert result.returncode == 0, result.stderr
-    assert "train: 2 patients (O&#x27;Brien_1, p2); val: 1 patients (b)" in out.read_text()
+    assert "train: 2 patients (O'Brien_1, p2); val: 1 patients (b)" in out.read_text()
     if form != "json":  # (the JSON form opens in every other report test)
         assert_opens_clean(out, tmp_path)
 
