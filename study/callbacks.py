@@ -19,7 +19,8 @@ from ray.tune import Callback
 
 from flairseg.config import TrainConfig
 from flairseg.evolution import EVOLUTION_FILE, Evolution
-from study import schema, tracking
+from study import outbox, schema, tracking
+from study.outbox import Outbox
 from study.schema import Artifact, Param, Role, Status, Tag
 
 STATUS_EVERY_S = 30.0
@@ -45,6 +46,7 @@ class StudyCallback(Callback):
         total: int,
         status_every: float = STATUS_EVERY_S,
         folds: int | None = None,
+        outbox_dir: str | None = None,
     ) -> None:
         self.uri = uri
         self.experiment_id = experiment_id
@@ -57,6 +59,8 @@ class StudyCallback(Callback):
         self.total = total
         self.status_every = status_every
         self.folds = folds  # K of a cross-validated study: tagged on each trial run
+        self.outbox_dir = outbox_dir  # where writes wait while the server is away
+        self._outbox: Outbox | None = None
         self._client = None
         self._runs: dict[int, str] = {}
         self._last_step: dict[str, int] = {}
@@ -67,13 +71,22 @@ class StudyCallback(Callback):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_client"] = None
-        return state
+        return state  # the outbox pickles without its client, its journal is on disk
 
     @property
     def client(self):
+        """For reads (the runs a resumed invocation has); writes go through `writes`."""
         if self._client is None:
             self._client = tracking.client(self.uri)
         return self._client
+
+    @property
+    def writes(self) -> Outbox:
+        """Every MLflow write: to the server, or kept while it is away (study.outbox)."""
+        if getattr(self, "_outbox", None) is None:  # a callback pickled before outboxes
+            folder = getattr(self, "outbox_dir", None) or outbox.cache_folder(self.parent_id)
+            self._outbox = Outbox(self.uri, folder)
+        return self._outbox
 
     # -- Tune hooks ---------------------------------------------------------------
 
@@ -91,8 +104,8 @@ class StudyCallback(Callback):
         config = TrainConfig.from_dict(trial.config["flairseg"])
         run_id = self._runs.get(number)
         if run_id is not None:  # resumed: the same run carries on
-            self.client.update_run(run_id, status="RUNNING")
-            self.client.set_tag(run_id, Tag.STATUS, Status.RUNNING)
+            self.writes.update_run(run_id, status="RUNNING")
+            self.writes.set_tag(run_id, Tag.STATUS, Status.RUNNING)
             return
         sampled = {k: v for k, v in trial.config.items() if k not in CONFIG_KEYS}
         tags = {
@@ -110,16 +123,16 @@ class StudyCallback(Callback):
         }
         if getattr(self, "folds", None):  # a callback pickled before folds existed has none
             tags[Tag.FOLDS] = str(self.folds)
-        run = self.client.create_run(
+        run_id = self.writes.create_run(
             self.experiment_id, run_name=tracking.run_name(number, config, sampled), tags=tags
         )
         from mlflow.entities import Param as MlflowParam
 
         params = [MlflowParam(k, str(v)) for k, v in tracking.trial_params(config).items()]
         params += [MlflowParam(Param.SAMPLED_PREFIX + k, str(v)) for k, v in sampled.items()]
-        self.client.log_batch(run.info.run_id, params=params)
-        self._runs[number] = run.info.run_id
-        self._last_step[run.info.run_id] = 0
+        self.writes.log_batch(run_id, params=params)
+        self._runs[number] = run_id
+        self._last_step[run_id] = 0
 
     def on_trial_result(
         self, iteration: int, trials: list, trial, result: dict, **info: Any
@@ -132,7 +145,7 @@ class StudyCallback(Callback):
             for earlier in history:
                 self._log_epoch(run_id, earlier)  # epochs whose logging a killed driver missed
             resumed_from = int(history[-1]["epoch"]) if history else 0
-            self.client.set_tag(run_id, Tag.RESUMED_FROM, str(resumed_from))
+            self.writes.set_tag(run_id, Tag.RESUMED_FROM, str(resumed_from))
         metrics = dict(result)
         if "time_this_iter_s" in result:
             metrics["epoch_seconds"] = result["time_this_iter_s"]
@@ -148,7 +161,7 @@ class StudyCallback(Callback):
         tags = {Tag.EPOCHS_LOGGED: str(epoch)}
         if result.get("node_ip"):
             tags[Tag.NODE_IP] = str(result["node_ip"])  # where it trained
-        tracking.log_metrics(self.client, run_id, metrics, step=epoch, tags=tags)  # one request
+        tracking.log_metrics(self.writes, run_id, metrics, step=epoch, tags=tags)  # one request
         self._last_step[run_id] = epoch
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
@@ -175,7 +188,7 @@ class StudyCallback(Callback):
         message = _error_line(trial)
         run_id = self._run_of(trial)
         if run_id is not None:
-            self.client.set_tag(run_id, Tag.ERROR, message[:5000])
+            self.writes.set_tag(run_id, Tag.ERROR, message[:5000])
         self._finish(trial, Status.FAILED, "FAILED", epoch)
         self._done[int(trial.config["optuna_trial"])] = (Status.FAILED, None)
         say(f"trial {self._label(trial)}: failed after {epoch} epochs: {message}")
@@ -212,8 +225,8 @@ class StudyCallback(Callback):
                     f"warning: trial {trial.config['optuna_trial']}: evolution images not logged ({err})"
                 )
         for key, value in tags.items():
-            self.client.set_tag(run_id, key, value)
-        self.client.set_terminated(run_id, status=run_status)
+            self.writes.set_tag(run_id, key, value)
+        self.writes.set_terminated(run_id, status=run_status)
 
     def _log_evolution(self, run_id: str, checkpoint) -> None:
         with checkpoint.as_directory() as folder:
@@ -224,8 +237,8 @@ class StudyCallback(Callback):
             with tempfile.TemporaryDirectory() as out:
                 for k, name in enumerate(evolution.names):
                     evolution.strip(k).save(Path(out) / f"{name}.png")
-                self.client.log_artifacts(run_id, out, Artifact.EVOLUTION_DIR)
-            self.client.log_artifact(run_id, str(source), Artifact.EVOLUTION_DIR)
+                self.writes.log_artifacts(run_id, out, Artifact.EVOLUTION_DIR)
+            self.writes.log_artifact(run_id, str(source), Artifact.EVOLUTION_DIR)
 
     def _maybe_status(self, trials: list, force: bool) -> None:
         now = time.monotonic()

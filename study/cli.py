@@ -16,6 +16,13 @@ Profiles: the search files hold research-sized settings. With no GPU and no
 images, fewer trials and epochs) so the bare command finishes in minutes on a CPU;
 `--profile full` runs the file as written.
 
+Ctrl+C stops a study at any moment (exit 130): once the invocation's parent run exists
+it is left KILLED and the invocation resumable; an error then leaves it FAILED. Two
+invocations of one study started at once: one runs, the other is refused in one line.
+An MLflow server that stops answering does not stop the trials (study.outbox keeps the
+writes and replays them when it answers); still away at the end: one line, exit 3, and
+`--resume` writes the rest once it is back.
+
 The flow, a module each: cli (flags) -> plan (what runs) -> invocation (the ledger and
 MLflow) -> tuner (Ray Tune) -> results (counts, test scores, report) -> console.
 """
@@ -23,19 +30,28 @@ MLflow) -> tuner (Ray Tune) -> results (counts, test scores, report) -> console.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from flairseg.errors import ArgumentParser, ConfigError, FlairsegError
 from flairseg.train import write_json
-from study import invocation, ledger, results, secrets
+from study import invocation, ledger, outbox, results, secrets
 from study.console import banner, list_searches, print_summary, quiet
-from study.plan import Plan, make_plan
-from study.tuner import TuneJob, fit, make_tuner, scoring_device
+from study.plan import Plan, make_plan, open_tracking
+from study.tuner import (
+    TuneJob,
+    check_interrupted,
+    fit,
+    latched_interrupts,
+    make_tuner,
+    scoring_device,
+)
 
 DEFAULT_STORAGE = "studies"
 EXIT_NO_TRIAL_SUCCEEDED = 1
+EXIT_MLFLOW_AWAY = 3  # the trials ended, MLflow did not answer: --resume writes the rest
 EXIT_INTERRUPTED = 130
 
 
@@ -114,8 +130,8 @@ def check_args(args: argparse.Namespace) -> None:
     """The checks argparse cannot make; a ConfigError names the flag."""
     if not args.search:
         raise ConfigError("--search: give a search name (see --list) or a .yaml path")
-    if args.json and Path(args.json).is_dir():
-        raise ConfigError(f"--json {args.json}: is a folder; give a file name")
+    if args.json:
+        check_json(args.json)
     for flag in ("trials", "max_epochs", "concurrency", "image_size"):
         value = getattr(args, flag)
         if value is not None and value < 1:
@@ -126,33 +142,69 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--gpus-per-trial {args.gpus_per_trial}: must be at least 0")
 
 
+def check_json(path: str) -> None:
+    """--json must be a file whose nearest existing folder is one (it is written last)."""
+    target = Path(path)
+    if target.is_dir():
+        raise ConfigError(f"--json {path}: is a folder; give a file name")
+    above = next((p for p in target.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise ConfigError(f"--json {path}: {above} is not a folder")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m study.run`: the exit status (0, 1 when no trial succeeded, 130 when
-    interrupted); a bad input raises ConfigError, which `run_cli` turns into exit 2."""
+    """`python -m study.run`: the exit status (0, 1 when no trial succeeded, 3 when MLflow
+    did not answer by the end, 130 when interrupted); a bad input raises ConfigError,
+    which `run_cli` turns into exit 2."""
     args = build_parser().parse_args(argv)
     quiet()
     if args.list:
         list_searches()
         return 0
     check_args(args)
-    try:
-        plan = make_plan(args)
-        storage = ledger.open_storage(plan.optuna_url)
-        lock = ledger.StudyLock(plan.optuna_url, plan.study_name).acquire()
+    with latched_interrupts():  # a Ctrl+C that Ray or Tune swallow still stops the study
         try:
-            return run_study(plan, storage)
-        finally:
-            lock.release()
-    except FlairsegError as err:  # a line that quotes a URL shows no password taken from it
-        raise type(err)(secrets.scrub(str(err))) from None
+            plan = make_plan(args)  # every check; nothing written yet
+            # the lock before any write: of two invocations started at once, the one
+            # refused has written nothing, not even the stores' tables
+            lock = ledger.StudyLock(plan.optuna_url, plan.study_name).acquire()
+            try:
+                storage = ledger.open_storage(plan.optuna_url)
+                return run_study(open_tracking(plan), storage)
+            finally:
+                lock.release()
+        except FlairsegError as err:  # a line that quotes a URL shows no password taken from it
+            raise type(err)(secrets.scrub(str(err))) from None
 
 
 def run_study(plan: Plan, storage: Any) -> int:
     """Open the invocation, run its trials, then summarise, score and report (the caller
-    holds the study's lock)."""
+    holds the study's lock). Once the parent run exists an error or Ctrl+C ends it (and
+    the record) before it goes on up: nothing is left RUNNING."""
     opened = invocation.open_invocation(plan, storage)
     if opened is None:
         return 0
+    try:
+        ended = run_trials(opened, storage)
+    except BaseException as err:
+        invocation.end_early(opened, err)
+        raise
+    if isinstance(ended, int):  # interrupted, or MLflow away: recorded and said
+        return ended
+    line, ok = ended
+    report = results.report_path(opened.record.path)
+    plan = opened.plan
+    results.write_report(
+        plan.mlflow_uri, plan.experiment, plan.study_name, opened.parent_id, report
+    )
+    print(line)
+    return 0 if ok else EXIT_NO_TRIAL_SUCCEEDED
+
+
+def run_trials(opened: invocation.Opened, storage: Any) -> tuple[str, bool] | int:
+    """Fit, summarise, score, write --json and end the invocation: its summary line and
+    whether a trial succeeded; the exit status when a Ctrl+C interrupted it or MLflow
+    did not answer by the end (recorded, said)."""
     plan = opened.plan  # a --resume runs what its record holds
     job = TuneJob(
         search=plan.search,
@@ -169,20 +221,38 @@ def run_study(plan: Plan, storage: Any) -> int:
     )
     tuner, gpus = make_tuner(job)
     banner(opened, gpus)
-    seconds = fit(tuner)
-    if not invocation.all_trials_ended(opened):
+    seconds, stopped = fit(tuner)
+    if not mlflow_caught_up(opened):
+        return EXIT_MLFLOW_AWAY
+    if stopped or not invocation.all_trials_ended(opened):
         invocation.mark_interrupted(opened)
         return EXIT_INTERRUPTED
     invocation.close_strays(opened)
     summary = results.summarise(opened, seconds, scoring_device(gpus))
     line = print_summary(summary, seconds, plan.mlflow_uri, plan.experiment)
     if plan.json_path:
-        write_json(plan.json_path, summary)
+        try:
+            write_json(plan.json_path, summary)
+        except OSError as err:
+            why = f"{err.strerror or err}: {err.filename or plan.json_path}"
+            raise ConfigError(f"--json {plan.json_path}: cannot write it ({why})") from None
     ok = results.succeeded(summary)
+    check_interrupted()  # a Ctrl+C swallowed on the way still stops it, before it is done
     invocation.mark_done(opened, ok)
-    report = results.report_path(opened.record.path)
-    results.write_report(
-        plan.mlflow_uri, plan.experiment, plan.study_name, opened.parent_id, report
-    )
-    print(line)
-    return 0 if ok else EXIT_NO_TRIAL_SUCCEEDED
+    return line, ok
+
+
+def mlflow_caught_up(opened: invocation.Opened) -> bool:
+    """Whether the writes the trial logger kept while MLflow was away reached it; if not,
+    the invocation is left for --resume (Optuna and Tune hold every trial's result) and a
+    line says so. Nothing of MLflow is touched then: it does not answer."""
+    plan = opened.plan
+    done, where = outbox.caught_up(plan.mlflow_uri, opened.record.path)
+    if not done:
+        ledger.mark(opened.study, opened.record.number, "interrupted")
+        print(
+            f"error: MLflow at {plan.mlflow_uri} does not answer: the trials ended, {where}; "
+            f"when it answers, write them with: {plan.resume_command}",
+            file=sys.stderr,
+        )
+    return done

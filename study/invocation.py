@@ -5,7 +5,8 @@ An invocation is new (the next number, a fresh MLflow parent run with the search
 settings as params) or, with `--resume`, the interrupted one reopened. A new
 invocation that finds the last one interrupted closes it out first: its unfinished
 trials become failed (killed) in Optuna and KILLED in MLflow. When Tune returns, the
-invocation is marked interrupted (some planned trial never ended) or done.
+invocation is marked interrupted (some planned trial never ended) or done; an error or
+Ctrl+C once its parent run exists ends it too (`end_early`): nothing stays RUNNING.
 
 Ray, MLflow and Optuna are imported inside the functions, as everywhere in `study` that
 `--list` or a bad flag reaches: neither may pay for them.
@@ -13,6 +14,7 @@ Ray, MLflow and Optuna are imported inside the functions, as everywhere in `stud
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import socket
@@ -24,7 +26,7 @@ from typing import Any
 from flairseg.dataset import Dataset
 from flairseg.errors import ConfigError
 from flairseg.folds import split_of
-from study import ledger, schema, secrets, tracking
+from study import ledger, outbox, schema, secrets, tracking
 from study import search as searches
 from study.plan import Plan, load_data
 from study.schema import Artifact, Param, Role, Status, Tag
@@ -66,10 +68,13 @@ def open_invocation(plan: Plan, storage: Any) -> Opened | None:
     if not plan.keep_concurrency:
         plan = dataclasses.replace(plan, search=pack_gpus(plan.search))
     if plan.resume:
+        outbox.catch_up(plan.mlflow_uri, pending.path, f"invocation #{pending.number}")
         reopen(study, client, pending, plan.study_name)
         record = pending
     else:
         if pending is not None:
+            uri = pending.mlflow_uri or plan.mlflow_uri
+            outbox.catch_up(uri, pending.path, f"invocation #{pending.number}")
             close_out(study, pending, plan)
         record = start(study, client, plan, data_dir, data)
         if record is None:
@@ -89,7 +94,8 @@ def load(plan: Plan, storage: Any) -> tuple[Any, ledger.Invocation | None]:
 def say_nothing_to_resume(study: Any, study_name: str) -> None:
     """A --resume with no interrupted invocation is not an error: it says so."""
     records = ledger.invocations(study)
-    last = f"invocation #{records[-1].number} finished" if records else "it has no invocation yet"
+    ended = "failed" if records and records[-1].state == "failed" else "finished"
+    last = f"invocation #{records[-1].number} {ended}" if records else "it has no invocation yet"
     print(f"study {study_name}: nothing to resume ({last})")
 
 
@@ -180,8 +186,28 @@ def start(
         tags=_parent_tags(plan, number, path, data_dir, data),
     )
     parent_id = parent.info.run_id
+    try:
+        return _record(study, client, plan, trials, number, path, parent_id, data_dir)
+    except BaseException as err:  # no record names the parent yet: it ends here
+        with contextlib.suppress(Exception):
+            _end_parent(client, parent_id, err)
+        raise
+
+
+def _record(
+    study: Any,
+    client: Any,
+    plan: Plan,
+    trials: int,
+    number: int,
+    path: str,
+    parent_id: str,
+    data_dir: Path,
+) -> ledger.Invocation:
+    """The new parent run's params and search, and the invocation's record in the ledger."""
     from mlflow.entities import Param as MlflowParam
 
+    search = plan.search
     params = _parent_params(plan, trials)
     client.log_batch(parent_id, params=[MlflowParam(k, str(v)) for k, v in params.items()])
     raw = search.to_dict()
@@ -287,6 +313,7 @@ def trial_logger(opened: Opened) -> Any:
         total=opened.record.trials,
         status_every=plan.status_every,
         folds=plan.search.folds,
+        outbox_dir=str(outbox.folder_for(opened.record.path)),
     )
 
 
@@ -315,6 +342,44 @@ def mark_interrupted(opened: Opened) -> None:
         f"  {plan.resume_command}",
         file=sys.stderr,
     )
+
+
+def end_early(opened: Opened, err: BaseException) -> None:
+    """An error or Ctrl+C once the parent run exists; the caller re-raises `err`. Ctrl+C
+    interrupts the invocation (`mark_interrupted`); an error fails it: its stray runs
+    KILLED and trials failed (killed), the parent FAILED, the record `failed`. Each step
+    is tried though one before failed (the store that raised `err` may refuse them too):
+    nothing that can be ended stays RUNNING, and a step that failed is said in a line."""
+    plan = opened.plan
+    if isinstance(err, KeyboardInterrupt):
+        steps = [lambda: mark_interrupted(opened)]
+    else:
+        steps = [
+            lambda: ledger.close_out_trials(opened.study),
+            lambda: tracking.close_out(
+                plan.mlflow_uri, plan.experiment_id, plan.study_name, keep=opened.parent_id
+            ),
+            lambda: ledger.mark(opened.study, opened.record.number, "failed"),
+        ]
+    steps.append(lambda: _end_parent(opened.client, opened.parent_id, err))
+    failed = []
+    for step in steps:
+        try:
+            step()
+        except Exception as again:
+            failed.append(str(again).strip().partition("\n")[0][:200] or type(again).__name__)
+    if failed:
+        print(
+            f"warning: invocation #{opened.record.number} of study {plan.study_name} could not "
+            f"be closed ({failed[0]}); the next invocation closes it out",
+            file=sys.stderr,
+        )
+
+
+def _end_parent(client: Any, parent_id: str, err: BaseException) -> None:
+    """End the parent run: KILLED for a Ctrl+C, as `mark_interrupted` does, else FAILED."""
+    status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+    client.set_terminated(parent_id, status=status)
 
 
 def close_strays(opened: Opened) -> None:

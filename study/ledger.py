@@ -9,16 +9,20 @@ Only one invocation runs a study at a time. The lock is held by the driver proce
 its whole life and released by the operating system or database when it dies, even
 by SIGKILL: `flock` on a file beside a SQLite database, a session advisory lock on
 PostgreSQL. A second invocation is refused with one line; the study is never touched
-by two drivers at once.
+by two drivers at once. The driver takes it before it writes to either store, so an
+invocation refused at the same instant as another starts has written nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
 import socket
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +39,7 @@ class Invocation:
     path: str  # the Ray Tune experiment folder (or URI)
     parent_run: str
     trials: int
-    state: str  # running | done | interrupted | closed
+    state: str  # running | done | interrupted | closed | failed (an error ended its driver)
     started: float
     host: str
     pid: int
@@ -56,19 +60,45 @@ def storage_url(url: str) -> str:
     return url
 
 
+@contextlib.contextmanager
+def creation_lock(database: str | os.PathLike) -> Iterator[None]:
+    """Held while a SQLite database may get its tables: two processes that open a new one
+    at once (MLflow's migrations, Optuna's create_all) otherwise collide, "table ...
+    already exists". An flock on a file in the temporary folder named after the database's
+    real path, so nothing lands beside it; best effort where that file cannot be opened."""
+    real = os.path.realpath(database)
+    name = f"flairseg-create-{hashlib.sha256(real.encode()).hexdigest()[:16]}.lock"
+    try:
+        fd = os.open(os.path.join(tempfile.gettempdir(), name), os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:  # another user's file: unlocked, as MLflow and Optuna are on their own
+        fd = None
+    try:
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 def open_storage(url: str):
     import optuna
 
+    sqlite = url.startswith("sqlite:///")
     try:
-        return optuna.storages.RDBStorage(
-            storage_url(url),
-            engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
-        )
+        with creation_lock(url.removeprefix("sqlite:///")) if sqlite else contextlib.nullcontext():
+            return optuna.storages.RDBStorage(
+                storage_url(url),
+                engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
+            )
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(
-            secrets.scrub(f"--optuna-storage {url}: cannot open ({first[:200]})")
-        ) from None
+        raise cannot_open(url, err) from None
+
+
+def cannot_open(url: str, err: Exception) -> ConfigError:
+    """The one line for a storage that cannot be opened (or locked), without a password."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return ConfigError(secrets.scrub(f"--optuna-storage {url}: cannot open ({first[:200]})"))
 
 
 class StudyLock:
@@ -81,14 +111,22 @@ class StudyLock:
         self._conn = None
 
     def acquire(self) -> StudyLock:
-        if self.url.startswith("sqlite:///"):
-            self._flock()
-        elif self.url.startswith("postgresql"):
-            self._advisory()
+        """Taken before anything is written, so a storage that cannot be reached is said
+        here, in the line `open_storage` would say."""
+        try:
+            if self.url.startswith("sqlite:///"):
+                self._flock()
+            elif self.url.startswith("postgresql"):
+                self._advisory()
+        except ConfigError:
+            raise
+        except Exception as err:
+            raise cannot_open(self.url, err) from None
         return self
 
     def _flock(self) -> None:
         db = Path(self.url.removeprefix("sqlite:///"))
+        db.parent.mkdir(parents=True, exist_ok=True)  # taken before the database is made
         safe = hashlib.sha256(self.study.encode()).hexdigest()[:16]
         path = db.with_name(f"{db.name}.{safe}.lock")
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

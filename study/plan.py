@@ -1,16 +1,20 @@
 """What one invocation will run, settled from the flags and the search file.
 
 `make_plan` checks everything a user can get wrong (storage, Ray address, search file,
-data folder) before anything is written; the only thing it writes is the MLflow
-experiment, once every check has passed. A `--resume` replaces the search, the MLflow
-target and the data with what the study's record holds (see `invocation.resumed`).
+study and experiment names, data folder, the MLflow store) and writes nothing; the
+driver takes the study's lock and only then opens the MLflow experiment (`open_tracking`),
+so of two invocations started at once the one refused has written nothing. A `--resume`
+replaces the search, the MLflow target and the data with what the study's record holds
+(see `invocation.resumed`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import socket
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +28,8 @@ from flairseg.engine import Speed
 from flairseg.errors import ConfigError
 from flairseg.folds import check_folds
 from flairseg.train import default_data
+from study import schema, secrets, tracking
 from study import search as searches
-from study import secrets, tracking
 
 # flag (argparse dest) -> the search setting it overrides
 OVERRIDE_FLAGS = {
@@ -38,6 +42,8 @@ OVERRIDE_FLAGS = {
     "epoch_scale": "epoch_scale",
     "folds": "folds",
 }
+MAX_STUDY_NAME = 100  # it names a folder, STUDY/run-N under --storage
+MAX_EXPERIMENT_NAME = 500  # MLflow's own limit
 
 
 @dataclass(frozen=True)
@@ -57,7 +63,7 @@ class Plan:
     mlflow_uri_flag: str | None  # --mlflow-uri: on a --resume it beats the record's URI
     experiment: str
     experiment_flag: str | None  # --experiment: likewise
-    experiment_id: str | None  # None on a --resume until the record names the experiment
+    experiment_id: str | None  # None until `open_tracking` (on a --resume, `resumed`)
     address: str | None  # a Ray cluster to join; None starts a fresh local Ray
     trials_flag: int | None  # --trials: caps a grid's remaining runs
     keep_concurrency: bool  # --concurrency was given: GPU packing must not raise it
@@ -89,14 +95,17 @@ def make_plan(args: argparse.Namespace) -> Plan:
     profile = resolve_profile(args.profile, args.address)
     overrides = overrides_from(args)
     search = searches.load(args.search, profile, overrides)
-    study_name = args.study or search.name
+    study_name = args.study if args.study is not None else search.name
+    check_study_name(study_name, args.study is not None, search.source)
     # check everything a user can get wrong before anything is written
     loaded = None if args.resume else load_data(args.data, search)
     uri = secrets.take(args.mlflow_uri or tracking.default_uri(), "--mlflow-uri")
     uri_flag = secrets.take(args.mlflow_uri, "--mlflow-uri") if args.mlflow_uri else None
-    experiment = args.experiment or search.name
+    experiment = args.experiment if args.experiment is not None else search.name
+    check_experiment_name(experiment, args.experiment is not None, search.source)
     # a --resume logs where its invocation logged (read from the study's record later)
-    experiment_id = None if args.resume else tracking.open_experiment(uri, experiment)
+    if not args.resume:
+        tracking.check_experiment(uri, experiment)
     return Plan(
         search=search,
         profile=profile,
@@ -111,7 +120,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         mlflow_uri_flag=uri_flag,
         experiment=experiment,
         experiment_flag=args.experiment,
-        experiment_id=experiment_id,
+        experiment_id=None,
         address=args.address,
         trials_flag=args.trials,
         keep_concurrency=args.concurrency is not None,
@@ -124,6 +133,66 @@ def make_plan(args: argparse.Namespace) -> Plan:
             + (["--optuna-storage", args.optuna_storage] if args.optuna_storage else [])
             + ["--resume"]
         ),
+    )
+
+
+def open_tracking(plan: Plan) -> Plan:
+    """The plan with its MLflow experiment opened (made if missing): the first write to
+    MLflow, once the driver holds the study's lock. A --resume opens the one its record
+    names instead (`invocation.resumed`)."""
+    if plan.resume:
+        return plan
+    experiment_id = tracking.open_experiment(plan.mlflow_uri, plan.experiment)
+    return dataclasses.replace(plan, experiment_id=experiment_id)
+
+
+def check_study_name(name: str, given: bool, source: str) -> None:
+    """A study name names a folder (STUDY/run-N under --storage) and is matched in MLflow
+    filters: refused in one line naming --study, or the search file it defaulted from."""
+    why = _why_bad_name(name, MAX_STUDY_NAME)
+    if why is None and name in (".", ".."):
+        why = "names a folder's parent or itself"
+    if why is None and ("/" in name or "\\" in name):
+        why = "holds / or \\ (it names a folder under --storage)"
+    if why is None:
+        try:
+            schema.quote(name)
+        except ConfigError:
+            why = "holds both ' and \" (no MLflow filter can match it)"
+    if why is not None:
+        _refuse("--study", name, given, source, why)
+
+
+def check_experiment_name(name: str, given: bool, source: str) -> None:
+    """What MLflow refuses of an experiment name (empty, over 500 characters), and control
+    characters, in one line naming --experiment before anything is written."""
+    why = _why_bad_name(name, MAX_EXPERIMENT_NAME, dash=False)
+    if why is not None:
+        _refuse("--experiment", name, given, source, why)
+
+
+def _why_bad_name(name: str, longest: int, dash: bool = True) -> str | None:
+    """Why a name cannot be used: empty, too long, a control character, a leading '-'."""
+    if not name:
+        return "is empty"
+    if len(name) > longest:
+        return f"is {len(name)} characters long; at most {longest}"
+    controls = [c for c in name if unicodedata.category(c) in ("Cc", "Zl", "Zp")]
+    if controls:
+        return f"holds the control character {controls[0]!r}"
+    if dash and name.startswith("-"):
+        return "starts with '-' (it would read as a flag)"
+    return None
+
+
+def _refuse(flag: str, name: str, given: bool, source: str, why: str) -> None:
+    """The one line: the flag and the name, or where the default name came from."""
+    shown = repr(name if len(name) <= 80 else name[:80] + "...")
+    if given:
+        raise ConfigError(f"{flag} {shown}: {why}")
+    raise ConfigError(
+        f"{flag} not given: its default, the search's name {shown} (from {source}), {why}; "
+        f"give {flag} NAME"
     )
 
 

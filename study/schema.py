@@ -231,17 +231,31 @@ def search_runs(c: Any, experiment_id: str, query: str) -> list:
             return runs
 
 
+def quote(value: str, flag: str = "--study") -> str:
+    """`value` as a string of MLflow's filter grammar, which has no escapes: in single
+    quotes, or in double quotes when it holds a single quote (a backslash is plain). A
+    value with both kinds cannot be written: ConfigError naming `flag`, where it came from."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    from flairseg.errors import ConfigError  # here: the schema takes no more of flairseg
+
+    raise ConfigError(f"{flag} {value[:80]!r}: may hold ' or \" but not both")
+
+
 def study_query(
     study: str | None = None, role: str | None = None, status: str | None = None
 ) -> str:
-    """The MLflow filter for runs of `study` (any study if None), a role and a run status."""
+    """The MLflow filter for runs of `study` (any study if None), a role and a run status;
+    every value is quoted (`quote`), so a study named o'brien is found."""
     terms = []
     if study is not None:
-        terms.append(f"tags.{Tag.STUDY} = '{study}'")
+        terms.append(f"tags.{Tag.STUDY} = {quote(study)}")
     if role:
-        terms.append(f"tags.{Tag.ROLE} = '{role}'")
+        terms.append(f"tags.{Tag.ROLE} = {quote(role)}")
     if status:
-        terms.append(f"attributes.status = '{status}'")
+        terms.append(f"attributes.status = {quote(status)}")
     return " and ".join(terms)
 
 

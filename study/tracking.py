@@ -25,11 +25,12 @@ from typing import Any
 from flairseg.config import TrainConfig
 from flairseg.errors import ConfigError
 from flairseg.models import model_defaults, model_keys
-from study import schema
+from study import ledger, schema
 from study.schema import METRIC_KEYS, Role, Status, Tag, client, default_uri
 
 __all__ = [
     "METRIC_KEYS",
+    "check_experiment",
     "client",
     "close_out",
     "default_uri",
@@ -43,14 +44,10 @@ __all__ = [
 
 
 @contextlib.contextmanager
-def _quick_failures() -> Iterator[None]:
-    """Fail fast on an unreachable server instead of MLflow's minutes of retries."""
-    saved = {
-        k: os.environ.get(k)
-        for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
-    }
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "10"
+def env(values: dict[str, str]) -> Iterator[None]:
+    """These environment variables set for the block (MLflow reads its own per request)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
     try:
         yield
     finally:
@@ -61,17 +58,41 @@ def _quick_failures() -> Iterator[None]:
                 os.environ[k] = v
 
 
+def _quick_failures() -> contextlib.AbstractContextManager[None]:
+    """Fail fast on an unreachable server instead of MLflow's minutes of retries."""
+    return env({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"})
+
+
+def check_experiment(uri: str, name: str) -> None:
+    """What `open_experiment` would refuse, found without writing: a SQLite store's missing
+    folder, an unreachable server, a deleted experiment (a new SQLite file is not made)."""
+    _experiment(uri, name, create=False)
+
+
 def open_experiment(uri: str, name: str) -> str:
     """The id of experiment `name` (created if missing); an unreachable store exits 2."""
-    if uri.startswith("sqlite:///"):
-        folder = Path(uri.removeprefix("sqlite:///")).parent
-        if not folder.is_dir():
-            raise ConfigError(f"--mlflow-uri {uri}: folder {folder} does not exist")
+    found = _experiment(uri, name, create=True)
+    assert found is not None
+    return found
+
+
+def _experiment(uri: str, name: str, create: bool) -> str | None:
+    """The experiment's id, made when `create`; None when it is missing and not made.
+    A SQLite store is opened under `ledger.creation_lock`: two drivers that make the same
+    new file at once would both run MLflow's migrations into it."""
+    db = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    if db is not None:
+        if not db.parent.is_dir():
+            raise ConfigError(f"--mlflow-uri {uri}: folder {db.parent} does not exist")
+        if not create and not db.exists():
+            return None  # nothing to check in it yet, and opening it would make it
     try:
-        with _quick_failures():
+        with ledger.creation_lock(db) if db else contextlib.nullcontext(), _quick_failures():
             c = client(uri)
             exp = c.get_experiment_by_name(name)
             if exp is None:
+                if not create:
+                    return None
                 try:
                     return c.create_experiment(name)
                 except Exception:  # created by a concurrent invocation in between

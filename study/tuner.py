@@ -3,6 +3,10 @@
 Optuna (TPE, seeded) proposes through `StudySearch`, ASHA stops on the epoch counter,
 Tune places the trials. Ray, Tune and Optuna are imported inside the functions: a
 `--list` or a bad flag must not pay for them, or start Ray.
+
+Ctrl+C stops the driver at any moment (`latched_interrupts`): where Python swallows the
+KeyboardInterrupt (Ray forking its processes) or Tune keeps a handler of its own after
+its run, the signal is remembered and acted on at the next check.
 """
 
 from __future__ import annotations
@@ -11,8 +15,10 @@ import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -44,6 +50,50 @@ class TuneJob:
     speed: Speed = FAST
 
 
+_SIGINTS: list[float] = []  # when this driver got a Ctrl+C, while `latched_interrupts` holds
+
+
+@contextlib.contextmanager
+def latched_interrupts() -> Iterator[None]:
+    """Ctrl+C raises KeyboardInterrupt as ever and is also remembered, for
+    `check_interrupted`. Python swallows an exception raised where it cannot propagate
+    ("Exception ignored in ..."), and that is where a Ctrl+C lands while Ray starts: Ray
+    forks its processes with a preexec_fn, so after each fork the driver runs the at-fork
+    hooks (logging's lock release), and a signal that came during the fork is handled in
+    them. Left alone where SIGINT is ignored (a background job) or has another handler."""
+    mine = threading.current_thread() is threading.main_thread()
+    if not mine or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    _SIGINTS.clear()
+    signal.signal(signal.SIGINT, _remember_sigint)
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: _unless_interrupt(unraisable, hook)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        sys.unraisablehook = hook
+        _SIGINTS.clear()
+
+
+def _remember_sigint(signum: int, frame: Any) -> None:
+    _SIGINTS.append(time.monotonic())
+    raise KeyboardInterrupt
+
+
+def _unless_interrupt(unraisable: Any, hook: Callable[[Any], None]) -> None:
+    """A swallowed KeyboardInterrupt is remembered, not printed as a traceback."""
+    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        hook(unraisable)
+
+
+def check_interrupted() -> None:
+    """Raise KeyboardInterrupt if a Ctrl+C came, even one that was swallowed."""
+    if _SIGINTS:
+        raise KeyboardInterrupt
+
+
 def start_ray(address: str | None) -> None:
     """Join the cluster at `address`, or start a fresh Ray on this machine."""
     import ray
@@ -56,9 +106,12 @@ def start_ray(address: str | None) -> None:
     # without --address: always a fresh Ray on this machine ("local"); a bare ray.init() would
     # join any cluster a `ray start` left running here, and its busy or dying nodes with it
     kwargs["address"] = address or "local"
+    where = f"joining the Ray cluster at {address}" if address else "starting Ray on this machine"
+    print(f"{where} ...", flush=True)
     if address is None:
         ray.init(**kwargs)
         _keep_token_private()
+        check_interrupted()  # a Ctrl+C while Ray forked its processes was swallowed there
         return
     with _held_stderr() as ray_log:
         try:
@@ -67,6 +120,7 @@ def start_ray(address: str | None) -> None:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             why = _auth_hint(ray_log()) or f"cannot join the Ray cluster ({first[:200]})"
             raise ConfigError(f"--address {address}: {why}") from None
+    check_interrupted()
 
 
 @contextlib.contextmanager
@@ -249,10 +303,27 @@ def trial_dirname(trial: Any) -> str:
     return f"trial-{int(trial.config['optuna_trial']):04d}-{trial.trial_id}"
 
 
-def fit(tuner: Any) -> float:
-    """Run the trials; the seconds it took. Ctrl+C ends it early with Tune's state saved."""
+def fit(tuner: Any) -> tuple[float, bool]:
+    """Run the trials: the seconds it took, and whether a Ctrl+C stopped them (Tune catches
+    it, saves its state and returns early)."""
     started = time.monotonic()
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
-    with contextlib.suppress(KeyboardInterrupt):
-        tuner.fit()  # Ray catches Ctrl+C itself: it saves its state and returns early
-    return time.monotonic() - started
+    ours = signal.getsignal(signal.SIGINT)
+    stopped = False
+    try:
+        tuner.fit()
+    except KeyboardInterrupt:  # before Tune's handler was in place, or a second Ctrl+C
+        stopped = True
+    finally:
+        # Tune puts back the handler it replaced only when a SIGINT came; otherwise its
+        # handler stays, and would swallow the next Ctrl+C (test scores, the report)
+        tune_caught = signal.getsignal(signal.SIGINT) is ours and _tune_catches_sigint()
+        if ours is not None:
+            signal.signal(signal.SIGINT, ours)
+    return time.monotonic() - started, stopped or tune_caught or bool(_SIGINTS)
+
+
+def _tune_catches_sigint() -> bool:
+    """Whether Tune's run installs its SIGINT handler (on the main thread, unless disabled)."""
+    main = threading.current_thread() is threading.main_thread()
+    return main and not int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") or 0)

@@ -88,8 +88,15 @@ class MlflowServer:
     at the first start; anonymous requests are then refused (all but /health).
     """
 
-    def __init__(self, backend: str, artifacts: Path, admin_password: str | None = None) -> None:
-        self.port = free_port()
+    def __init__(
+        self,
+        backend: str,
+        artifacts: Path,
+        admin_password: str | None = None,
+        port: int | None = None,
+    ) -> None:
+        """`port`: a server's again, to bring one back where a study left it."""
+        self.port = port or free_port()
         env = {
             **os.environ,
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
