@@ -33,12 +33,18 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def run_cli(
-    main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None
+    main: Callable[[Sequence[str] | None], int | None],
+    argv: Sequence[str] | None = None,
+    hard_exit_on_interrupt: bool = False,
 ) -> None:
     """Run a CLI entry point; a `FlairsegError` becomes `error: ...` on stderr and exit status 2.
 
     What the command writes is not readable by others (the umask gains 0o007): results, run
     databases, checkpoints and reports can hold patient-derived data and the study's setup.
+
+    `hard_exit_on_interrupt`: after a Ctrl+C, the exit handlers run and the process ends
+    without the interpreter's teardown, in which a native library caught half-started (Ray's
+    core worker) at times crashes (SIGSEGV instead of exit 130).
     """
     os.umask(os.umask(0) | PRIVATE_UMASK)
     try:
@@ -48,5 +54,17 @@ def run_cli(
         raise SystemExit(EXIT_USAGE) from None
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
+        if hard_exit_on_interrupt:
+            _exit_now(130)
         raise SystemExit(130) from None
     raise SystemExit(code or 0)
+
+
+def _exit_now(code: int) -> None:
+    """Run the exit handlers (temporary files, a Ray shutdown), flush, and end the process."""
+    import atexit
+
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

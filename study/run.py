@@ -12,4 +12,4 @@ from study.cli import main
 __all__ = ["main"]
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, hard_exit_on_interrupt=True)  # Ray may be half-started

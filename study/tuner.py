@@ -109,9 +109,16 @@ def start_ray(address: str | None) -> None:
     where = f"joining the Ray cluster at {address}" if address else "starting Ray on this machine"
     print(f"{where} ...", flush=True)
     if address is None:
-        ray.init(**kwargs)
-        _keep_token_private()
-        check_interrupted()  # a Ctrl+C while Ray forked its processes was swallowed there
+        try:
+            ray.init(**kwargs)
+            _keep_token_private()
+            check_interrupted()  # a Ctrl+C while Ray forked its processes was swallowed there
+        except KeyboardInterrupt:
+            # end a Ray that a Ctrl+C caught half-started now: left to the exit handlers,
+            # its teardown at times crashed the interpreter (SIGSEGV instead of exit 130)
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            raise
         return
     with _held_stderr() as ray_log:
         try:

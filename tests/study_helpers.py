@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +27,36 @@ concurrency: 1
 """
 
 
+_TEMPLATE: list[Path] = []  # this test process's empty MLflow store, made once
+
+
+def mlflow_template() -> Path:
+    """An empty MLflow SQLite store, made once per test process: creating one runs MLflow's
+    migrations, seconds per study, so each study copies it instead."""
+    if not _TEMPLATE:
+        from mlflow.tracking import MlflowClient
+
+        path = Path(tempfile.mkdtemp(prefix="flairseg-mlflow-template-")) / "mlflow.db"
+        MlflowClient(f"sqlite:///{path}").search_experiments()
+        _TEMPLATE.append(path)
+    return _TEMPLATE[0]
+
+
 @dataclass
 class StudyEnv:
+    """A study's folder. `fresh`: its studies find no MLflow store and make their own (the
+    tests of the stores' first use, and of what a refused study leaves: nothing); otherwise
+    `run` and `start` begin with an empty store copied from `mlflow_template`."""
+
     root: Path
     data: Path
+    fresh: bool = False
+
+    def _prefill(self) -> None:
+        db = self.root / "mlflow.db"
+        if not self.fresh and not db.exists():
+            self.root.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(mlflow_template(), db)
 
     @property
     def mlflow_uri(self) -> str:
@@ -62,6 +90,7 @@ class StudyEnv:
     ) -> subprocess.CompletedProcess:
         """`python -m study.run ARGS`; `env_extra` sets variables (None: unsets one)."""
         env = {**self.env(), **(env_extra or {})}
+        self._prefill()
         return subprocess.run(
             self.argv(*args),
             cwd=self.root,
@@ -100,6 +129,7 @@ class StudyEnv:
         return code, out.getvalue(), err.getvalue()
 
     def start(self, *args: str, log: str = "driver.log") -> tuple[subprocess.Popen, Path]:
+        self._prefill()
         path = self.root / log
         handle = path.open("w")
         proc = subprocess.Popen(

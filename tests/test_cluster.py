@@ -252,7 +252,7 @@ def test_a_scheduled_firing_killed_midway_is_closed_out_by_the_next(
 
     env = StudyEnv(tmp_path, phantom_dir)
     # as the CronJob runs it: the Optuna URL, password and all, from $OPTUNA_STORAGE
-    cmd = study_cmd(env, cluster, "nightly", trials=4, epochs=8, storage_flag=False)
+    cmd = study_cmd(env, cluster, "nightly", trials=3, epochs=8, storage_flag=False)
     log = tmp_path / "first.log"
     first = start_driver(env, cluster, cmd, log)
     wait_for(log, "trial #", first, timeout=300)
@@ -267,7 +267,7 @@ def test_a_scheduled_firing_killed_midway_is_closed_out_by_the_next(
     assert second.returncode == 0, second.stdout + second.stderr
     assert "closed out invocation #1" in second.stdout
     states = Counter(t.state for t in optuna_study(cluster, "nightly").trials)
-    assert states[optuna.trial.TrialState.COMPLETE] == done_before + 4
+    assert states[optuna.trial.TrialState.COMPLETE] == done_before + 3
     assert states[optuna.trial.TrialState.RUNNING] == 0
     runs = [r for r in server_runs(cluster, "combo_alpha") if r.data.tags.get("study") == "nightly"]
     assert not [r for r in runs if r.info.status == "RUNNING"]
@@ -280,7 +280,7 @@ description: "U-Nets trained long enough to lose a node mid-trial"
 fixed: {model: unet, loss: combo, image_size: 32, unet: {width: 8}}
 space:
   lr: {loguniform: [1.0e-4, 1.0e-2]}
-trials: 4
+trials: 2
 asha: {enabled: false, max_epochs: 60}
 concurrency: 2
 """
@@ -319,7 +319,7 @@ def test_losing_the_worker_node_mid_study(
     assert proc.returncode == 0, log.read_text()
     runs = [r for r in server_runs(cluster, "lost") if r.data.tags.get("study") == "lost-node"]
     trials = [r for r in runs if r.data.tags.get("role") == "trial"]
-    assert len(trials) == 4
+    assert len(trials) == 2  # one on each node, at once
     assert not [r for r in runs if r.info.status == "RUNNING"]
     lost = [r for r in trials if r.data.tags.get("node_ip") == "127.0.0.3"]
     assert lost and any(r.data.tags["status"] == "failed" for r in lost), [

@@ -99,7 +99,7 @@ def test_an_alias_bomb_is_refused_in_bounded_memory(tmp_path: Path, levels: int)
 
 def test_the_cli_refuses_absurd_trials_in_one_line(tmp_path: Path) -> None:
     """Through `python -m study.run`: the flag's bound holds before Ray starts."""
-    env = StudyEnv(tmp_path, tmp_path / "no-data")
+    env = StudyEnv(tmp_path, tmp_path / "no-data", fresh=True)
     result = env.run("--search", "combo_alpha", "--trials", "1000000000", timeout=600)
     line = one_line(result.returncode, result.stderr, "--trials 1000000000")
     assert str(searches.MAX_TRIALS) in line

@@ -155,7 +155,9 @@ def test_the_command_itself_fails_in_one_line_without_a_traceback(
     tmp_path: Path, phantom_dir: Path
 ) -> None:
     """The checks above run in process; this one goes through `python -m study.run`."""
-    result = StudyEnv(tmp_path, phantom_dir).run("--search", "combo_alpha", "--trials", "0")
+    result = StudyEnv(tmp_path, phantom_dir, fresh=True).run(
+        "--search", "combo_alpha", "--trials", "0"
+    )
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.strip().splitlines() == ["error: --trials 0: must be at least 1"]
     assert not (tmp_path / "studies").exists() and not (tmp_path / "mlflow.db").exists()
