@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from cluster import MlflowServer
 
 from study import tracking
@@ -66,6 +67,7 @@ def test_writes_wait_on_disk_while_the_server_is_away_and_replay_once(tmp_path: 
         back.close()
 
 
+@pytest.mark.slow
 def test_a_replay_cut_short_is_replayed_without_duplicates(tmp_path: Path) -> None:
     """A driver killed after the server took writes but before it recorded them: the next
     replay finds the run it created and logs each metric once."""

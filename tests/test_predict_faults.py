@@ -131,6 +131,7 @@ def test_bad_out_is_one_line_before_inference(
     assert snapshot(tmp_path) == before and not Path("/sys/flairseg-pred").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("earlier", [False, True], ids=["new out", "out of earlier outputs"])
 def test_a_failure_part_way_leaves_out_as_it_was(
     earlier: bool, ckpt: Path, tiny_phantom: Path, tmp_path: Path
@@ -153,6 +154,7 @@ def test_a_failure_part_way_leaves_out_as_it_was(
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == (["pred"] if earlier else [])
 
 
+@pytest.mark.slow
 def test_ctrl_c_part_way_leaves_nothing(ckpt: Path, tiny_phantom: Path, tmp_path: Path) -> None:
     source = patient_of(tiny_phantom)
     patient = tmp_path / source.name
@@ -290,6 +292,7 @@ ABSURD = {  # config settings crafted into a checkpoint of tiny weights, and the
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(ABSURD))
 def test_an_absurd_model_is_refused_before_it_is_allocated(
     case: str, tiny_phantom: Path, tmp_path: Path

@@ -152,6 +152,7 @@ def test_every_figure_shows_markup_in_names_as_text(store: str, folds: int | Non
     assert f"<h1>Study {label(STUDIES[folds])}</h1>" in outside
 
 
+@pytest.mark.slow
 def test_the_page_in_chromium_draws_no_user_link_or_style(
     store: str, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -35,7 +35,7 @@ def test_a_study_lands_in_mlflow_as_designed(tmp_path: Path, phantom_dir: Path) 
     """One full study (the family search: both models, their own knobs) and the MLflow
     layout of DESIGN.md; every search file is smoke-tested in process in test_searches_train."""
     name = "family"
-    env = StudyEnv(tmp_path, phantom_dir)
+    env = StudyEnv(tmp_path, phantom_dir, fresh=True)  # every file here is the study's own
     out = tmp_path / "summary.json"
     home = tmp_path / "home"  # Ray's defaults as a user has them: its token file in HOME
     result = env.run(
