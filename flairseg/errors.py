@@ -32,6 +32,11 @@ class ArgumentParser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
+def keep_private() -> None:
+    """What this process writes from now on is not readable by others (umask |= 0o007)."""
+    os.umask(os.umask(0) | PRIVATE_UMASK)
+
+
 def run_cli(
     main: Callable[[Sequence[str] | None], int | None],
     argv: Sequence[str] | None = None,
@@ -46,7 +51,7 @@ def run_cli(
     without the interpreter's teardown, in which a native library caught half-started (Ray's
     core worker) at times crashes (SIGSEGV instead of exit 130).
     """
-    os.umask(os.umask(0) | PRIVATE_UMASK)
+    keep_private()
     try:
         code = main(argv)
     except FlairsegError as err:

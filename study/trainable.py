@@ -12,7 +12,6 @@ how an interrupted study resumes the trial where it stopped.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from flairseg.config import TrainConfig
 from flairseg.cv import FoldsReport, train_folds
 from flairseg.dataset import Dataset
 from flairseg.engine import FAST, EpochReport, Speed, load_checkpoint, train
-from flairseg.errors import PRIVATE_UMASK
+from flairseg.errors import keep_private
 from flairseg.evolution import (
     EVOLUTION_FILE,
     EVOLUTION_SLICES,
@@ -54,7 +53,7 @@ def run_trial(
     torch.set_num_threads(max(1, int(threads)))
     # the checkpoints this worker writes (model states: patient-derived) are not readable
     # by others, whatever umask the cluster's `ray start` had
-    os.umask(os.umask(0) | PRIVATE_UMASK)
+    keep_private()
     train_config = TrainConfig.from_dict(config["flairseg"])
     fold_data = make_folds(data, folds, train_config.split_seed) if folds else None
     val = fold_data[1][0].val if fold_data else data.val

@@ -14,6 +14,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
+# a valid one-trial search, for tests that change one thing in it
+GOOD_SEARCH = """
+description: test
+fixed: {model: unet, loss: combo, image_size: 32, unet: {width: 8}}
+space:
+  alpha: {uniform: [0.0, 1.0]}
+trials: 1
+asha: {max_epochs: 1}
+"""
+
 # a search where two configs learn and four cannot (lr 1e-7): ASHA must stop those; with
 # fewer, one that cannot learn may tie the median at the first rung and go on
 HOPELESS = """objective: {metric: val_loss, mode: min}
@@ -128,7 +138,10 @@ class StudyEnv:
             os.environ.update(saved)
         return code, out.getvalue(), err.getvalue()
 
-    def start(self, *args: str, log: str = "driver.log") -> tuple[subprocess.Popen, Path]:
+    def start(
+        self, *args: str, log: str = "driver.log", env_extra: dict[str, str] | None = None
+    ) -> tuple[subprocess.Popen, Path]:
+        """`python -m study.run ARGS` in the background, its output in `log`."""
         self._prefill()
         path = self.root / log
         handle = path.open("w")
@@ -138,7 +151,7 @@ class StudyEnv:
             stdout=handle,
             stderr=subprocess.STDOUT,
             text=True,
-            env=self.env(),
+            env={**self.env(), **(env_extra or {})},
         )
         handle.close()
         return proc, path

@@ -13,19 +13,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from study_helpers import StudyEnv
+from study_helpers import GOOD_SEARCH, StudyEnv
 
 from flairseg.errors import ConfigError
 from study import search as searches
 
-GOOD = """
-description: test
-fixed: {model: unet, loss: combo, image_size: 32, unet: {width: 8}}
-space:
-  alpha: {uniform: [0.0, 1.0]}
-trials: 1
-asha: {max_epochs: 1}
-"""
+GOOD = GOOD_SEARCH
 GRID = """
 fixed: {model: unet, loss: combo, image_size: 32, unet: {width: 8}}
 grid:

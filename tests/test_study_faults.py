@@ -254,21 +254,6 @@ os.register_at_fork(before=_sigint_at_fork)
 """
 
 
-def start_with(env: StudyEnv, extra: dict[str, str], *args: str) -> tuple[subprocess.Popen, Path]:
-    """`env.start`, with variables added to the driver's environment."""
-    log = env.root / "driver.log"
-    with log.open("w") as handle:
-        proc = subprocess.Popen(
-            env.argv(*args),
-            cwd=env.root,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**env.env(), **extra},
-        )
-    return proc, log
-
-
 def assert_stopped(env: StudyEnv, proc: subprocess.Popen, log: Path, trained: bool) -> None:
     """Exit 130 in a line, nothing RUNNING; no trial trained unless `trained`."""
     text = log.read_text()
@@ -294,7 +279,7 @@ def test_ctrl_c_during_rays_forks_stops_the_study(
     (tmp_path / "inject" / "sitecustomize.py").write_text(SIGINT_AT_FORK)
     path = os.pathsep.join(filter(None, [str(tmp_path / "inject"), os.environ.get("PYTHONPATH")]))
     extra = {"PYTHONPATH": path, "SIGINT_AT_FORK": str(fork)}
-    proc, log = start_with(env, extra, *TINY)
+    proc, log = env.start(*TINY, env_extra=extra)
     try:
         proc.wait(timeout=300)
     finally:

@@ -9,21 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from study_helpers import StudyEnv
+from study_helpers import GOOD_SEARCH, StudyEnv
 
 from flairseg.errors import ConfigError
 from flairseg.models import MODELS
 from study import search as searches
 from study.ledger import StudyLock
 
-GOOD = """
-description: test
-fixed: {model: unet, loss: combo, image_size: 32, unet: {width: 8}}
-space:
-  alpha: {uniform: [0.0, 1.0]}
-trials: 1
-asha: {max_epochs: 1}
-"""
+GOOD = GOOD_SEARCH
 
 
 @pytest.mark.parametrize("name", searches.available())
