@@ -33,8 +33,12 @@ def test_an_epochs_augmentation_drawn_at_once_equals_batch_by_batch() -> None:
 def test_fast_path_trains_the_same_model_as_the_reference(phantom_dir: Path) -> None:
     config = TrainConfig(image_size=32, width=8, epochs=2, seed=3)
     data = load_dataset(phantom_dir, config)
-    fast = train(config, data, speed=Speed())
-    plain = train(config, data, speed=Speed(fast=False))
+    # On the CPU both paths compute in fp32, so the fast path's other changes (channels_last,
+    # data kept on the device) must not move the losses. On CUDA the fast path is bf16: its
+    # agreement with fp32 is the GPU benchmark's `--agreement` figure, not this test's (on an
+    # H100 the two first-epoch losses differed by 0.1%, over this test's 1e-3).
+    fast = train(config, data, device="cpu", speed=Speed())
+    plain = train(config, data, device="cpu", speed=Speed(fast=False))
     for a, b in zip(fast.history, plain.history, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-3)
