@@ -1,5 +1,8 @@
 """Predict masks with a trained model: `python -m flairseg.predict --checkpoint CKPT --input PATH --out DIR`.
 
+`--model models:/NAME@champion` (or `models:/NAME/VERSION`) instead of `--checkpoint`
+predicts with a model a study registered in MLflow (see study.register).
+
 PATH is a patient folder of `NAME_N.tif` slices (masks optional) or one slice TIF.
 A cross-validated checkpoint (`flairseg.train --folds K --checkpoint`) predicts with
 the ensemble of its K fold models: the mean of their probabilities.
@@ -85,6 +88,22 @@ def load_model(path: str) -> tuple[TrainConfig, torch.nn.Module]:
         raise ConfigError(f"{path}: {err}") from None
 
 
+def fetch_model(uri: str, folder: str) -> str:
+    """The checkpoint of a model URI, fetched into `folder` by the installed package that
+    handles its scheme (entry point group `flairseg.model_uris`: flairseg-study's study
+    layer handles `models:/`); flairseg itself knows no model registry."""
+    from importlib.metadata import entry_points
+
+    scheme = uri.partition(":")[0]
+    found = [ep for ep in entry_points(group="flairseg.model_uris") if ep.name == scheme]
+    if not found:
+        raise ConfigError(
+            f"--model {uri}: no installed package fetches {scheme}: URIs "
+            "(give models:/NAME@ALIAS, with flairseg-study installed: pip install -e .)"
+        )
+    return found[0].load()(uri, folder)
+
+
 def input_slices(path: Path) -> list[SlicePair]:
     if not path.exists():
         raise DataError(f"{path}: input does not exist")
@@ -101,8 +120,13 @@ def input_slices(path: Path) -> list[SlicePair]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m flairseg.predict", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--checkpoint", required=True, help="a checkpoint written by flairseg.train --checkpoint"
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", help="a checkpoint written by flairseg.train --checkpoint")
+    which.add_argument(
+        "--model",
+        metavar="URI",
+        help="a registered model: models:/NAME@champion or models:/NAME/VERSION "
+        "(the MLflow store: $MLFLOW_TRACKING_URI, else ./mlflow.db)",
     )
     parser.add_argument("--input", required=True, help="a patient folder or one slice .tif")
     parser.add_argument("--out", required=True, help="folder for the masks and overlays")
@@ -111,7 +135,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     out = Path(args.out)
     check_out(out)
-    config, model = load_model(args.checkpoint)
+    if args.model:
+        with tempfile.TemporaryDirectory(prefix="flairseg-model-") as folder:
+            config, model = load_model(fetch_model(args.model, folder))
+    else:
+        config, model = load_model(args.checkpoint)
     pairs = input_slices(Path(args.input))
     # read and check every file before writing anything
     originals = [read_image(p.image) for p in pairs]

@@ -47,6 +47,7 @@ class StudyCallback(Callback):
         status_every: float = STATUS_EVERY_S,
         folds: int | None = None,
         outbox_dir: str | None = None,
+        datasets: list[dict[str, Any]] | None = None,
     ) -> None:
         self.uri = uri
         self.experiment_id = experiment_id
@@ -60,6 +61,7 @@ class StudyCallback(Callback):
         self.status_every = status_every
         self.folds = folds  # K of a cross-validated study: tagged on each trial run
         self.outbox_dir = outbox_dir  # where writes wait while the server is away
+        self.datasets = datasets or []  # study.datasets specs: each trial run's inputs
         self._outbox: Outbox | None = None
         self._client = None
         self._runs: dict[int, str] = {}
@@ -131,6 +133,8 @@ class StudyCallback(Callback):
         params = [MlflowParam(k, str(v)) for k, v in tracking.trial_params(config).items()]
         params += [MlflowParam(Param.SAMPLED_PREFIX + k, str(v)) for k, v in sampled.items()]
         self.writes.log_batch(run_id, params=params)
+        if getattr(self, "datasets", None):  # a callback pickled before datasets has none
+            self.writes.log_inputs(run_id, self.datasets)
         self._runs[number] = run_id
         self._last_step[run_id] = 0
 

@@ -37,7 +37,7 @@ from typing import Any
 
 from flairseg.errors import ArgumentParser, ConfigError, FlairsegError
 from flairseg.train import write_json
-from study import invocation, ledger, outbox, results, secrets
+from study import invocation, ledger, outbox, register, results, secrets
 from study.console import banner, list_searches, print_summary, quiet
 from study.plan import Plan, make_plan, open_tracking
 from study.tuner import (
@@ -84,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
     p.add_argument("--json", metavar="FILE", help="write the summary here")
+    p.add_argument(
+        "--register",
+        metavar="NAME",
+        help="the MLflow registered model that the best model becomes a version of "
+        "(default: the study's name)",
+    )
+    p.add_argument("--no-register", action="store_true", help="register no model")
     p.add_argument(
         "--profile",
         choices=("auto", "laptop", "full"),
@@ -229,6 +236,8 @@ def run_trials(opened: invocation.Opened, storage: Any) -> tuple[str, bool] | in
         return EXIT_INTERRUPTED
     invocation.close_strays(opened)
     summary = results.summarise(opened, seconds, scoring_device(gpus))
+    if results.succeeded(summary):
+        summary["registry"] = register.after_study(opened)
     line = print_summary(summary, seconds, plan.mlflow_uri, plan.experiment)
     if plan.json_path:
         try:

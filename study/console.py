@@ -157,6 +157,8 @@ def print_summary(summary: dict[str, Any], seconds: float, uri: str, experiment:
             first = single_key("test_iou") if part == single_key("test") else f"{part}_iou"
             if first in summary:
                 print(f"  {label}:\n    " + _scores(summary, part))
+    if summary.get("registry"):
+        print(f"  model registry: {summary['registry']}")
     print(f"  MLflow: mlflow ui --backend-store-uri {uri}  (experiment {experiment})")
     line = f"best {summary['objective']} {summary.get(summary['objective'], float('nan')):.4f} (trial #{summary['best_trial']})"
     if "test_iou" in summary:

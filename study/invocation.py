@@ -26,7 +26,7 @@ from typing import Any
 from flairseg.dataset import Dataset
 from flairseg.errors import ConfigError
 from flairseg.folds import split_of
-from study import ledger, outbox, schema, secrets, tracking
+from study import datasets, ledger, outbox, schema, secrets, tracking
 from study import search as searches
 from study.plan import Plan, load_data
 from study.schema import Artifact, Param, Role, Status, Tag
@@ -187,6 +187,7 @@ def start(
     )
     parent_id = parent.info.run_id
     try:
+        datasets.log(client, parent_id, datasets.specs(data_dir, data, search.folds))
         return _record(study, client, plan, trials, number, path, parent_id, data_dir)
     except BaseException as err:  # no record names the parent yet: it ends here
         with contextlib.suppress(Exception):
@@ -314,6 +315,7 @@ def trial_logger(opened: Opened) -> Any:
         status_every=plan.status_every,
         folds=plan.search.folds,
         outbox_dir=str(outbox.folder_for(opened.record.path)),
+        datasets=datasets.specs(opened.data_dir, opened.data, plan.search.folds),
     )
 
 

@@ -7,7 +7,7 @@ write finds the server away, it and every later write are appended, in order, to
 (`ops.jsonl` in the outbox folder, artifacts copied beside it), and the outbox tries the
 server again every `RETRY_S` seconds; when it answers, the journal is replayed in order.
 
-Replays neither lose nor duplicate: tags, params, run status and artifacts are idempotent
+Replays neither lose nor duplicate: tags, params, run status, dataset inputs and artifacts are idempotent
 on the server; a metric is replayed with the timestamp of its first attempt (MLflow keeps
 one copy of an identical metric); a run created while the server was away gets a local id
 and the tag `flairseg.outbox`, and its replay first looks for a run with that tag (an
@@ -153,6 +153,10 @@ class Outbox:
         self._write({"op": "log_artifacts", "run_id": run_id, "path": str(local_dir),
                      "artifact_path": artifact_path})  # fmt: skip
 
+    def log_inputs(self, run_id: str, datasets: list[dict[str, Any]]) -> None:
+        """Dataset inputs as study.datasets specs (plain dicts, so they journal)."""
+        self._write({"op": "log_inputs", "run_id": run_id, "datasets": datasets})
+
     # -- the journal ---------------------------------------------------------------------
 
     def flush(self, patient: bool = False) -> bool:
@@ -255,6 +259,10 @@ class Outbox:
             c.log_artifact(run_id, op["path"], op["artifact_path"])
         elif kind == "log_artifacts":
             c.log_artifacts(run_id, op["path"], op["artifact_path"])
+        elif kind == "log_inputs":
+            from study import datasets
+
+            datasets.log(c, run_id, op["datasets"])
 
     def _replay_create(self, op: dict[str, Any]) -> str:
         local = op["local"]

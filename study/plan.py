@@ -72,6 +72,7 @@ class Plan:
     status_every: float  # seconds between progress lines
     json_path: str | None  # --json: where the summary goes
     resume_command: str  # what a user types to finish this invocation if it is interrupted
+    register: str | None = None  # the registered model the best model goes to (--register)
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -133,7 +134,21 @@ def make_plan(args: argparse.Namespace) -> Plan:
             + (["--optuna-storage", args.optuna_storage] if args.optuna_storage else [])
             + ["--resume"]
         ),
+        register=registered_name(args, study_name),
     )
+
+
+def registered_name(args: argparse.Namespace, study_name: str) -> str | None:
+    """--register NAME, the study's name by default; None with --no-register."""
+    from study.register import check_name
+
+    if args.no_register:
+        if args.register:
+            raise ConfigError("--no-register: not with --register NAME")
+        return None
+    if args.register:
+        return check_name(args.register, "--register")
+    return check_name(study_name, "--study")
 
 
 def open_tracking(plan: Plan) -> Plan:

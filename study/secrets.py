@@ -28,6 +28,7 @@ from flairseg.errors import ConfigError
 
 MASK = "***"
 _TAKEN: set[str] = set()  # every password taken this process, for `scrub`
+_CLEANED: set[str] = set()  # what `take` left of each URL it took a password out of
 _PGPASS: Path | None = None
 
 
@@ -98,7 +99,14 @@ def take(url: str, flag: str) -> str:
             f"{flag} {redact(url)}: a password in this URL would be written to the study's "
             "files; give it through the environment instead"
         )
+    _CLEANED.add(clean)
     return clean
+
+
+def had_password(url: str) -> bool:
+    """Whether `url` is what `take` left of a URL with a password: a command for the user
+    to run names it by its variable (`"$OPTUNA_STORAGE"`), as `command_line` does."""
+    return url in _CLEANED
 
 
 def _pgpass_add(host: str, port: int, database: str, user: str | None, password: str) -> None:
@@ -130,8 +138,8 @@ def _pgpass_add(host: str, port: int, database: str, user: str | None, password:
 ENV_OF = {"--optuna-storage": "OPTUNA_STORAGE", "--mlflow-uri": "MLFLOW_TRACKING_URI"}
 
 
-def command_line(argv: list[str]) -> str:
-    """`python -m study.run ARGS` as it can be run again: a URL given with a password is
+def command_line(argv: list[str], module: str = "study.run") -> str:
+    """`python -m MODULE ARGS` as it can be run again: a URL given with a password is
     replaced by the variable it can come from (`--optuna-storage "$OPTUNA_STORAGE"`); any
     other password is shown as `***`."""
     import shlex
@@ -151,4 +159,4 @@ def command_line(argv: list[str]) -> str:
         else:
             out.append(shlex.quote(redact(arg)))
         i += 1
-    return "python -m study.run " + " ".join(out)
+    return f"python -m {module} " + " ".join(out)
