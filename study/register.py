@@ -44,6 +44,7 @@ class Best:
     """What a parent run says about the study's best model."""
 
     parent_id: str
+    experiment_id: str
     study: str
     invocation: str
     trial: str
@@ -97,6 +98,7 @@ def best_of(c: Any, parent: Any) -> Best:
         config = json.loads(Path(path).read_text())
     return Best(
         parent_id=parent.info.run_id,
+        experiment_id=parent.info.experiment_id,
         study=tags.get(Tag.STUDY, ""),
         invocation=tags.get(Tag.INVOCATION, ""),
         trial=tags[Tag.BEST_TRIAL],
@@ -150,7 +152,10 @@ def log_model(uri: str, c: Any, best: Best) -> str:
         example = np.zeros((1, channels, size, size), np.float32)  # no patient's image
         with torch.no_grad():
             out = served(torch.from_numpy(example)).numpy()
-        with tracking.env({"MLFLOW_TRACKING_URI": uri}):
+        # the model belongs to the parent's experiment (MLflow would put it in the
+        # session's default experiment, not the source run's)
+        where = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_ID": best.experiment_id}
+        with tracking.env(where):
             info = mlflow.pytorch.log_model(
                 served,
                 name=MODEL_NAME,

@@ -90,6 +90,10 @@ def test_champion_moves_only_to_a_better_comparable_version(store, trained: Path
     first = register.register(uri, c, parent_run(c, exp, trained, 0.50, 1), "s")
     assert (first.version, first.alias) == ("1", "champion")
     assert "champion (val_iou 0.5000, the first)" in first.line
+    # the model is logged in the study's experiment, as an output of its parent run
+    model_id = c.get_model_version("s", "1").model_id
+    assert c.get_logged_model(model_id).experiment_id == exp
+    assert c.get_logged_model(model_id).source_run_id == c.get_model_version("s", "1").run_id
     worse = register.register(uri, c, parent_run(c, exp, trained, 0.40, 2), "s")
     assert (worse.version, worse.alias) == ("2", "challenger")
     assert "-0.1000 against version 1" in worse.line
