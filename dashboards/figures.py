@@ -355,6 +355,7 @@ def fig_facts(data: StudyData) -> go.Figure:
         ("wall time", f"{data.wall_s / 60:.1f} min over all invocations"),
         ("reproduce", tags.get(Tag.COMMAND, "?")),
         ("MLflow", data.uri),
+        *([("model registry", tags[Tag.REGISTRY])] if Tag.REGISTRY in tags else []),
     ]
     fig = go.Figure(
         go.Table(
@@ -366,5 +367,6 @@ def fig_facts(data: StudyData) -> go.Figure:
             },
         )
     )
-    fig.update_layout(title="The study's facts", height=560 if data.folds else 520)
+    height = (560 if data.folds else 520) + (40 if Tag.REGISTRY in tags else 0)
+    fig.update_layout(title="The study's facts", height=height)
     return fig

@@ -10,6 +10,7 @@ Nothing here imports torch: the report runs where only MLflow is installed.
 from __future__ import annotations
 
 import html
+import json
 import math
 import os
 import tempfile
@@ -93,6 +94,16 @@ class Trial:
 
 
 @dataclass
+class Mattered:
+    """What mattered (study.importance), as the latest invocation's parent run logged it:
+    each part ("objective", "cost") its ranking {param: share}, largest first, or why it
+    has none."""
+
+    rankings: dict[str, dict[str, float]]
+    why: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class StudyData:
     """One study as the report draws it; `tags` are its latest invocation's parent tags."""
 
@@ -109,6 +120,7 @@ class StudyData:
     evolutions: dict[str, EvolutionFrames] = field(default_factory=dict)  # by run id
     # K of a patient K-fold cross-validated study: its scores are fold means with a spread
     folds: int | None = None
+    importance: Mattered | None = None  # None: the latest invocation logged none
 
     def best_of(self, trials: list[Trial]) -> Trial | None:
         scored = [t for t in trials if t.ok and finite(t.metrics.get(self.metric))]
@@ -227,6 +239,7 @@ def load(uri: str, experiment: str, study: str | None = None) -> StudyData:
         ),
         split=_split(tags.get(Tag.SPLIT, "")),
         folds=folds,
+        importance=load_importance(c, parents[-1]),
     )
     with tempfile.TemporaryDirectory(prefix="flairseg-report-") as folder:
         for trial in data.bests():
@@ -296,6 +309,41 @@ def _split(text: str) -> dict[str, list[str]] | None:
     except ValueError:
         return None
     return {label(part): [label(p) for p in ids] for part, ids in split.items()}
+
+
+def load_importance(c: Any, parent: Any) -> Mattered | None:
+    """The parent run's `importance.*` and `cost_importance.*` metrics and, for a ranking
+    it lacks, why (its importance.json, read only then); None when it logged neither."""
+    rankings = {}
+    for part, prefix in schema.IMPORTANCE_PREFIXES.items():
+        found = [
+            (label(k[len(prefix) :]), v)
+            for k, v in parent.data.metrics.items()
+            if k.startswith(prefix)
+        ]
+        rankings[part] = dict(sorted(found, key=lambda kv: (-kv[1], kv[0])))
+    if all(rankings.values()):
+        return Mattered(rankings)
+    saved = _json_artifact(c, parent.info.run_id, schema.Artifact.IMPORTANCE)
+    if saved is None:
+        return Mattered(rankings) if any(rankings.values()) else None
+    why = {}
+    for part, ranking in rankings.items():
+        entry = saved.get(part)
+        text = entry.get("why") if isinstance(entry, dict) else None
+        if not ranking:
+            why[part] = label(text or saved.get("why") or "not computed")
+    return Mattered(rankings, why)
+
+
+def _json_artifact(c: Any, run_id: str, name: str) -> dict | None:
+    """A run's JSON artifact as a dict; None if it has none or it is not a JSON object."""
+    with tempfile.TemporaryDirectory(prefix="flairseg-report-") as folder:
+        try:
+            value = json.loads(Path(c.download_artifacts(run_id, name, folder)).read_text())
+        except Exception:  # never logged (an invocation that ended early), or unreadable
+            return None
+    return value if isinstance(value, dict) else None
 
 
 def load_evolution(c: Any, run_id: str, folder: str) -> EvolutionFrames | None:

@@ -25,6 +25,7 @@ from dashboards.figures import (
     fig_hyper,
     fig_parallel,
 )
+from dashboards.importance import fig_importance
 from dashboards.load import StudyData, load
 from dashboards.pictures import fig_evolution, fig_overlays
 
@@ -34,6 +35,7 @@ FIGURES: tuple[tuple[str, Callable[[StudyData], go.Figure]], ...] = (
     ("best", fig_best_table),
     ("hyperparameters", fig_hyper),
     ("parallel", fig_parallel),
+    ("importance", fig_importance),
     ("curves", fig_curves),
     ("overlays", fig_overlays),
     ("evolution", fig_evolution),

@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # Set up (or refresh) the project's virtual environment in .venv: torch first, then the project.
+#   ./scripts/setup.sh           what a study needs (the main job): .venv with torch and the project
+#   ./scripts/setup.sh --tests   and what the tests need: the dev extra (pytest, ruff, the static
+#                                checkers, optuna-dashboard), Debian's Chromium and PostgreSQL
 # torch: the CPU wheel 2.13.0 unless .venv already has a torch (install your CUDA build there first
 # on a GPU machine) or TORCH_SPEC names another, e.g. TORCH_SPEC='torch==2.13.0' or 'torch'.
 set -euo pipefail
@@ -9,6 +12,15 @@ PYTHON=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip
 if [ -n "${TORCH_SPEC:-}" ] || ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
+fi
+case "${1:-}" in
+  "") tests= ;;
+  --tests) tests=1 ;;
+  *) echo "usage: scripts/setup.sh [--tests]" >&2; exit 2 ;;
+esac
+if [ -z "$tests" ]; then
+  .venv/bin/python -m pip install -q -e .
+  exit 0
 fi
 .venv/bin/python -m pip install -q -e '.[dev]'
 # System packages for the tests: Debian's Chromium (the report's browser test) and PostgreSQL

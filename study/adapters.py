@@ -1,8 +1,9 @@
 """Every access to a private attribute of Optuna or Ray Tune, in one place.
 
-Resume and close-out need a few things neither library offers publicly: the trials
-Ray's OptunaSearch holds, the Optuna study behind it, and an Optuna trial's storage id
-(to reach a RUNNING trial that Study can only `ask` anew). An upgrade that moves any of them must fail loudly here (and in
+Resume, close-out and the trial states need a few things neither library offers publicly:
+the trials Ray's OptunaSearch holds, the ones it has already told Optuna the end of, the
+Optuna study behind it, and an Optuna trial's storage id (to reach a RUNNING trial that
+Study can only `ask` anew). An upgrade that moves any of them must fail loudly here (and in
 tests/test_adapters.py), not let resume go wrong silently.
 """
 
@@ -28,6 +29,12 @@ def _get(obj: Any, name: str, what: str) -> Any:
 def searcher_trials(searcher: Any) -> dict[str, Any]:
     """OptunaSearch's map of Tune trial id -> Optuna trial (`_ot_trials`, no public API)."""
     return _get(searcher, "_ot_trials", "Tune trial id -> Optuna trial")
+
+
+def searcher_completed(searcher: Any) -> set[str]:
+    """The Tune trial ids OptunaSearch has already told Optuna the end of
+    (`_completed_trials`, no public API)."""
+    return _get(searcher, "_completed_trials", "the Tune trial ids already told")
 
 
 def searcher_study(searcher: Any) -> Any:

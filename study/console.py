@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flairseg.cvkeys import single_key, std_key
 from study import search as searches
+from study import secrets
 
 if TYPE_CHECKING:
     from study.invocation import Opened
@@ -50,10 +54,16 @@ def list_searches() -> None:
             print(f"  {line}")
         lap = searches.load(name, "laptop")
         if lap.raw != s.raw:
+            # a grid: the epochs each run trains once scaled and capped, not the cap
+            epochs = (
+                "runs of " + ", ".join(str(lap.config_for(g).epochs) for g in lap.grid) + " epochs"
+                if lap.grid
+                else f"up to {lap.asha.max_epochs} epochs"
+            )
             print(
                 f"  laptop profile (no GPU, no --address): {lap.trials} trials, "
-                f"{lap.fixed.get('image_size', 128)} px, up to {lap.asha.max_epochs} epochs"
-                + (f", epoch scale {lap.epoch_scale:g}" if lap.epoch_scale != 1 else "")
+                f"{lap.fixed.get('image_size', 128)} px, {epochs}"
+                + (f" (epoch scale {lap.epoch_scale:g})" if lap.epoch_scale != 1 else "")
             )
 
 
@@ -83,6 +93,45 @@ def banner(opened: Opened, gpus: float) -> None:
         f"Tune: {record.path}",
         flush=True,
     )
+    print(live_view(plan.optuna_url), flush=True)
+
+
+def live_view(optuna_url: str) -> str:
+    """The one line that says how to watch the study live (optuna-dashboard on its Optuna
+    storage), runnable as written: this environment's `optuna-dashboard`, or how to install
+    it. A URL whose password was taken out is named by its variable, never with it."""
+    if secrets.had_password(optuna_url):
+        url = '"$' + secrets.ENV_OF["--optuna-storage"] + '"'
+    else:
+        url = shlex.quote(secrets.scrub(optuna_url))
+    bin_dir = Path(sys.executable).parent
+    dashboard = f"{_runnable(bin_dir / 'optuna-dashboard')} {url}"
+    if (bin_dir / "optuna-dashboard").exists():
+        return f"  live view: {dashboard}  (then open http://127.0.0.1:8080)"
+    return (
+        f"  live view: optuna-dashboard is not installed here: "
+        f"{_runnable(bin_dir / 'pip')} install {_live_extra()}, then {dashboard}"
+    )
+
+
+def _runnable(path: Path) -> str:
+    """`path` as a command typed in the current folder: `.venv/bin/x` below it, else absolute."""
+    try:
+        shown = str(path.relative_to(Path.cwd()))
+        shown = shown if "/" in shown else f"./{shown}"
+    except ValueError:
+        shown = str(path)
+    return shlex.quote(shown)
+
+
+def _live_extra() -> str:
+    """What to install for the live view: this project's `live` extra where its source is
+    (an editable install), else optuna-dashboard itself."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "pyproject.toml").exists():
+        return "'optuna-dashboard>=0.21'"
+    where = "." if root == Path.cwd().resolve() else str(root)
+    return f"-e {shlex.quote(where + '[live]')}"
 
 
 def _scores(summary: dict[str, Any], part: str) -> str:
@@ -133,6 +182,10 @@ def print_summary(summary: dict[str, Any], seconds: float, uri: str, experiment:
     spent, without = summary["epochs_spent"], summary["epochs_without_stopping"]
     share = f" ({100 * spent / without:.0f} %)" if without else ""
     print(f"  epochs spent {spent} of {without} without early stopping{share}")
+    if "importance" in summary:  # what drove the objective and the epochs (study.importance)
+        from study.importance import line as mattered
+
+        print("  " + mattered(summary["importance"]))
     if "best_config" not in summary:
         print("  no trial finished with a score")
         return f"no trial of study {summary['study']} succeeded"
@@ -159,10 +212,26 @@ def print_summary(summary: dict[str, Any], seconds: float, uri: str, experiment:
                 print(f"  {label}:\n    " + _scores(summary, part))
     if summary.get("registry"):
         print(f"  model registry: {summary['registry']}")
-    print(f"  MLflow: mlflow ui --backend-store-uri {uri}  (experiment {experiment})")
+    print(f"  MLflow: {mlflow_hint(uri, experiment)}")
     line = f"best {summary['objective']} {summary.get(summary['objective'], float('nan')):.4f} (trial #{summary['best_trial']})"
     if "test_iou" in summary:
         line += f", test iou {summary['test_iou']:.4f}"
         if folds:
             line += f" (ensemble of {folds} folds)"
     return line + f"; {total} trials, {spent}/{without} epochs"
+
+
+def mlflow_hint(uri: str, experiment: str) -> str:
+    """How to look at the study in the MLflow UI, runnable as written: this environment's
+    `mlflow ui` on a local store (a server is already a UI), and the address of the
+    experiment's runs (`workflowType=machine_learning`: MLflow 3's UI opens an experiment on
+    its GenAI traces otherwise)."""
+    from study import schema
+
+    exp = schema.client(uri).get_experiment_by_name(experiment)
+    runs = f"/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning" if exp else ""
+    if uri.startswith(("http://", "https://")):
+        return f"open {secrets.scrub(uri).rstrip('/')}{runs}  (experiment {experiment})"
+    mlflow = _runnable(Path(sys.executable).parent / "mlflow")
+    url = shlex.quote(secrets.scrub(uri))
+    return f"{mlflow} ui --backend-store-uri {url}, then open http://127.0.0.1:5000{runs}"

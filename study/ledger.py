@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import math
 import os
 import socket
 import tempfile
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from flairseg.errors import ConfigError
-from study import adapters, secrets
+from study import adapters, schema, secrets
 
 LEDGER_KEY = "invocations"
 
@@ -236,6 +237,27 @@ def close_out_trials(study) -> int:
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
         n += 1
     return n
+
+
+def best_trial(study):
+    """The study's best trial: Optuna's best of its COMPLETE trials, where a trial ASHA
+    stopped early counts too, with its last epoch's objective, as it did while the searcher
+    told it COMPLETE (it is PRUNED since the live view: study.searcher). Ties go to the
+    earliest trial, as Optuna's SQL storage picks them. None when no trial has a value."""
+    import optuna
+
+    state = optuna.trial.TrialState
+    scored = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(state.COMPLETE, state.PRUNED))
+        if t.value is not None
+        and not math.isnan(t.value)
+        and (t.state == state.COMPLETE or schema.is_stopped(t.user_attrs.get("status", "")))
+    ]
+    if not scored:
+        return None
+    sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
+    return min(scored, key=lambda t: (sign * t.value, t.number))
 
 
 def now() -> float:

@@ -129,12 +129,17 @@ def make_plan(args: argparse.Namespace) -> Plan:
         speed=Speed(fast=not args.no_fast_path, compile=args.compile),
         status_every=args.status_every,
         json_path=args.json,
-        resume_command=secrets.command_line(
-            ["--search", args.search, "--study", study_name, "--storage", args.storage]
-            + (["--optuna-storage", args.optuna_storage] if args.optuna_storage else [])
-            + ["--resume"]
-        ),
+        resume_command=resume_command(args, study_name),
         register=registered_name(args, study_name),
+    )
+
+
+def resume_command(args: argparse.Namespace, study_name: str) -> str:
+    """What a user types to finish this invocation if it is interrupted."""
+    return secrets.command_line(
+        ["--search", args.search, "--study", study_name, "--storage", args.storage]
+        + (["--optuna-storage", args.optuna_storage] if args.optuna_storage else [])
+        + ["--resume"]
     )
 
 

@@ -162,7 +162,7 @@ def log_model(uri: str, c: Any, best: Best) -> str:
                 run_id=best.parent_id,
                 signature=infer_signature(example, out),
                 input_example=example,
-                code_paths=[str(Path(flairseg.__file__).parent)],
+                code_paths=[_fresh_copy(Path(flairseg.__file__).parent, Path(folder))],
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
                 extra_files=[state],
                 # a pickled module keeps the batch size free (pt2, torch.export, fixes it
@@ -171,6 +171,16 @@ def log_model(uri: str, c: Any, best: Best) -> str:
                 tags={PREFIX + "study": best.study, PREFIX + "trial": best.trial},
             )
     return info.model_id
+
+
+def _fresh_copy(package: Path, folder: Path) -> str:
+    """The package's .py files written anew under `folder`: MLflow copies code with its
+    modes, and the files of a study are private (created under its umask), not 0644."""
+    for source in package.rglob("*.py"):
+        target = folder / package.name / source.relative_to(package)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(source.read_bytes())
+    return str(folder / package.name)
 
 
 def _new_version(c: Any, name: str, best: Best, model_id: str) -> str:

@@ -24,7 +24,7 @@ from flairseg.engine import FAST, Speed, load_checkpoint, model_from_checkpoint,
 from flairseg.ensemble import Ensemble
 from flairseg.evolution import STATE_FILE
 from flairseg.folds import make_folds, split_of
-from study import schema, tracking
+from study import ledger, schema, tracking
 from study import search as searches
 from study.schema import Artifact, Role, Tag
 
@@ -36,7 +36,10 @@ def summarise(opened: Opened, seconds: float, device: torch.device) -> dict[str,
     """Counts from the invocation's MLflow children; the study's best trial scored on test.
 
     The summary goes on the parent run as summary.json, and is what --json writes.
+    What mattered over the study so far (study.importance) goes in it and on the parent.
     """
+    from study import importance
+
     plan = opened.plan
     c = opened.client
     trial_runs = tracking.study_runs(c, plan.experiment_id, plan.study_name, role=Role.TRIAL)
@@ -57,6 +60,9 @@ def summarise(opened: Opened, seconds: float, device: torch.device) -> dict[str,
     summary["split"] = split_of(opened.data, folds, seed)
     if folds:
         summary["folds"] = folds
+    summary["importance"] = importance.record(  # never raises: a failure is a warning
+        c, opened.parent_id, opened.study, plan.search, trial_runs
+    )
     tracking.log_json(c, opened.parent_id, summary, Artifact.SUMMARY)
     return summary
 
@@ -89,13 +95,10 @@ def count_trials(runs: list) -> dict[str, Any]:
 def score_best(opened: Opened, trial_runs: list, device: torch.device) -> dict[str, Any]:
     """The study's best trial, scored on val and test and logged on the parent run; then
     each group's best on test. Empty when no trial completed or left a checkpoint."""
-    import optuna
-
     study, plan, c = opened.study, opened.plan, opened.client
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if not complete:
+    best = ledger.best_trial(study)  # COMPLETE, or stopped by ASHA (PRUNED): its last value
+    if best is None:
         return {}
-    best = study.best_trial
     runs = [r for r in trial_runs if r.data.tags.get(Tag.OPTUNA_TRIAL) == str(best.number)]
     if not runs or Tag.CHECKPOINT not in runs[0].data.tags:
         return {}

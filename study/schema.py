@@ -69,6 +69,11 @@ class Tag:
     FOLDS = "folds"  # K, on the parent and trial runs of a cross-validated study
 
 
+# MLflow 3's experiment kind: a study's experiment holds training runs, not GenAI traces, so
+# the MLflow UI opens it on its runs (without it, on an empty traces overview)
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 class Role:
     """Values of Tag.ROLE."""
 
@@ -116,6 +121,7 @@ class Artifact:
     SEARCH = "search.json"
     SUMMARY = "summary.json"
     REPORT = "report.html"
+    IMPORTANCE = "importance.json"  # the parent run: what mattered (study.importance)
 
 
 # Metric keys (DESIGN.md), the same in callbacks, Tune results, MLflow and JSON.
@@ -149,6 +155,11 @@ BASE_PARAMS = (
 )
 
 DEFAULT_METRIC, DEFAULT_MODE = "val_iou", "max"
+
+# What mattered (study.importance), on the parent run: `importance.alpha` is alpha's share
+# of the objective's variance, `cost_importance.alpha` its share of the epochs' (each
+# ranking sums to 1); the name after the prefix is the Optuna parameter (`unet.depth`).
+IMPORTANCE_PREFIXES = {"objective": "importance.", "cost": "cost_importance."}
 
 
 def epoch_metrics(result: Mapping[str, Any]) -> dict[str, Any]:

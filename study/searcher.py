@@ -6,16 +6,29 @@ the restored Tune state does not know. On `--resume`, this searcher adopts such 
 orphan instead of asking Optuna for a new trial: the orphan gets its own parameters
 back, and the trial resumes from its last checkpoint on disk (found by the trial folder
 name `trial-NNNN-*`), so the invocation runs what it planned and nothing more.
+
+It also records each trial as the live view (`optuna-dashboard` on the study's storage)
+shows it: every epoch's objective as an intermediate value at step = the epoch, and the
+trial's end as COMPLETE (it ran its planned epochs), PRUNED (ASHA stopped it early: its
+value is the last epoch's objective, and its user attribute `status` says `stopped at
+epoch N`, as its MLflow tag does) or FAIL (it failed). The study's best still counts a
+stopped trial with its last value (`ledger.best_trial`).
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
+from ray.air.constants import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
-from study import adapters
+from study import adapters, schema
+
+# Optuna warns and keeps the first value when a step comes twice (the last epoch, passed on
+# again at the end; the epochs a trial adopted on --resume trains again)
+_SAME_STEP = "The reported value is ignored because this"
 
 
 class StudySearch(OptunaSearch):
@@ -36,6 +49,34 @@ class StudySearch(OptunaSearch):
             config["resume_from"] = resume_from
         return config
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """The epoch's objective as an intermediate value, at step = the epoch (Tune's own
+        iteration counter starts again at 1 in a trial adopted from a killed driver)."""
+        if "epoch" in result:
+            result = {**result, TRAINING_ITERATION: result["epoch"]}
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_SAME_STEP, category=UserWarning)
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        """COMPLETE, PRUNED for a trial ASHA stopped early, FAIL for one that failed."""
+        done = trial_id in adapters.searcher_completed(self)
+        scored = isinstance(self.metric, str) and bool(result) and self.metric in result
+        if error:
+            result = None  # FAIL, whatever it scored before it failed
+        elif scored and not done:
+            # Tune keeps from the searcher the result its scheduler stopped the trial on
+            self.on_trial_result(trial_id, result)
+            epoch = stopped_at(result)
+            if epoch is not None:
+                trial = adapters.searcher_trials(self)[trial_id]
+                trial.set_user_attr("status", schema.stopped_status(epoch))
+                result = None  # Ray's OptunaSearch tells a trial without a value PRUNED,
+                # and Optuna gives a pruned trial its last intermediate value
+        super().on_trial_complete(trial_id, result=result, error=error)
+
     def _orphan(self):
         import optuna
 
@@ -46,6 +87,14 @@ class StudySearch(OptunaSearch):
             if frozen.number not in known:
                 return adapters.running_trial(study, frozen)
         return None
+
+
+def stopped_at(result: dict) -> int | None:
+    """The epoch a trial ended at, when that is before its planned epochs (ASHA stopped it:
+    the rule study.callbacks tags its MLflow run `stopped at epoch N` by); else None."""
+    epoch = int(result.get("epoch", 0) or 0)
+    planned = int(result.get("planned_epochs", 0) or 0)
+    return epoch if epoch < planned else None
 
 
 def latest_checkpoint(experiment_path: str, number: int) -> str | None:

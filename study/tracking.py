@@ -94,7 +94,7 @@ def _experiment(uri: str, name: str, create: bool) -> str | None:
                 if not create:
                     return None
                 try:
-                    return c.create_experiment(name)
+                    return c.create_experiment(name, tags=dict([schema.EXPERIMENT_KIND]))
                 except Exception:  # created by a concurrent invocation in between
                     exp = c.get_experiment_by_name(name)
                     if exp is None:
@@ -104,6 +104,9 @@ def _experiment(uri: str, name: str, create: bool) -> str | None:
                     f"--experiment {name}: the experiment is deleted in {uri}; restore it "
                     "(`mlflow experiments restore`) or name another"
                 )
+            key, kind = schema.EXPERIMENT_KIND
+            if create and key not in exp.tags:  # one an older version of this project made
+                c.set_experiment_tag(exp.experiment_id, key, kind)
             return exp.experiment_id
     except ConfigError:
         raise

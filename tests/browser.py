@@ -32,7 +32,9 @@ def chromium() -> str:
         path = shutil.which(name)
         if path:
             return path
-    message = "Chromium is not installed (scripts/setup.sh installs Debian's package when it can)"
+    message = (
+        "Chromium is not installed (scripts/setup.sh --tests installs Debian's package when it can)"
+    )
     if os.environ.get("FLAIRSEG_REQUIRE_BROWSER"):
         pytest.fail(message)
     pytest.skip(message)

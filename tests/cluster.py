@@ -7,9 +7,11 @@ child process this test owns and stops.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -20,7 +22,9 @@ from urllib.parse import quote
 
 import pytest
 
-from benchmarks.loopback import RAY_ENV, RayNode, free_port, stop, wait_nodes, wait_port
+from benchmarks import loopback
+from benchmarks.loopback import RAY_ENV, free_port, stop, wait_nodes, wait_port
+from tests import reaper
 
 __all__ = ["RAY_ENV", "MlflowServer", "Postgres", "RayNode", "free_port", "stop", "wait_nodes",
            "wait_port"]  # fmt: skip
@@ -39,7 +43,9 @@ class Postgres:
         """`password`: the `postgres` user's, required on TCP (scram-sha-256); None: trust."""
         bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
         if not bins:
-            _skip("PostgreSQL is not installed (Debian's postgresql package; scripts/setup.sh)")
+            _skip(
+                "PostgreSQL is not installed (Debian's postgresql package; scripts/setup.sh --tests)"
+            )
         if os.geteuid() != 0 or not shutil.which("runuser"):
             _skip("starting PostgreSQL here needs root (to run it as the postgres user)")
         self.bin = Path(bins[-1]).parent
@@ -58,8 +64,20 @@ class Postgres:
             self.bin / "pg_ctl", "-D", self.dir / "data", "-l", self.dir / "log", "-w",
             "-o", f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.dir}", "start",
         )  # fmt: skip
+        reaper.own(id(self), f"PostgreSQL in {self.dir}", self._kill)
         for db in ("mlflow", "optuna"):
             self._as_postgres(self.bin / "createdb", "-h", self.dir, "-p", self.port, db)
+
+    def _kill(self) -> None:
+        """Stop it at once (no checkpoint: its data folder goes too), for the reaper."""
+        with contextlib.suppress(Exception):
+            self._as_postgres(
+                self.bin / "pg_ctl", "-D", self.dir / "data", "-m", "immediate", "stop"
+            )
+        pid_file = self.dir / "data" / "postmaster.pid"
+        with contextlib.suppress(Exception):  # pg_ctl could not: the postmaster itself
+            os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def _as_postgres(self, *argv: object) -> None:
         subprocess.run(
@@ -79,6 +97,7 @@ class Postgres:
             self._as_postgres(self.bin / "pg_ctl", "-D", self.dir / "data", "-m", "fast", "stop")
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
+            reaper.release(id(self))
 
 
 class MlflowServer:
@@ -124,6 +143,7 @@ class MlflowServer:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
+        reaper.own_process(self.proc, f"mlflow server on port {self.port}")
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 90
         while True:
@@ -137,5 +157,20 @@ class MlflowServer:
 
     def close(self) -> None:
         stop(self.proc)
+        reaper.release(self.proc.pid)
         if self.auth_dir is not None:
             shutil.rmtree(self.auth_dir, ignore_errors=True)
+
+
+class RayNode(loopback.RayNode):
+    """A Ray node (benchmarks.loopback) that the reaper stops if its test does not."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        reaper.own_process(self.proc, f"Ray node on {self.ip}")
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            reaper.release(self.proc.pid)

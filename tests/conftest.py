@@ -73,3 +73,13 @@ def run_cli(
 def copy_tree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Servers a test started and did not stop (its cleanup timed out, raised or was
+    interrupted) are killed here: none outlives the test run (tests/reaper.py)."""
+    from tests import reaper
+
+    killed = reaper.reap()
+    if killed:
+        print(f"\nstopped what tests left running: {', '.join(killed)}")

@@ -20,6 +20,9 @@ def test_optuna_search_still_holds_its_trials_and_study() -> None:
     study = adapters.searcher_study(searcher)
     assert isinstance(study, optuna.Study) and set(trials) == {"t1"}
     assert isinstance(trials["t1"], optuna.trial.Trial)
+    assert adapters.searcher_completed(searcher) == set()
+    searcher.on_trial_complete("t1", result={"m": 0.5})
+    assert adapters.searcher_completed(searcher) == {"t1"}
 
 
 def test_a_running_trial_is_reached_by_its_storage_id() -> None:
@@ -34,3 +37,5 @@ def test_a_running_trial_is_reached_by_its_storage_id() -> None:
 def test_a_moved_attribute_fails_by_name() -> None:
     with pytest.raises(adapters.LibraryChanged, match="_ot_trials"):
         adapters.searcher_trials(object())
+    with pytest.raises(adapters.LibraryChanged, match="_completed_trials"):
+        adapters.searcher_completed(object())

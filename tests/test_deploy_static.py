@@ -26,7 +26,7 @@ BIN = Path(sys.executable).parent
 
 def tool(name: str) -> str:
     path = BIN / name if (BIN / name).exists() else shutil.which(name)
-    assert path, f"{name} is missing: run scripts/setup.sh (it is in the dev extra)"
+    assert path, f"{name} is missing: run scripts/setup.sh --tests (it is in the dev extra)"
     return str(path)
 
 

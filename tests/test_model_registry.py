@@ -91,7 +91,7 @@ def test_champion_moves_only_to_a_better_comparable_version(store, trained: Path
     assert (first.version, first.alias) == ("1", "champion")
     assert "champion (val_iou 0.5000, the first)" in first.line
     # the model is logged in the study's experiment, as an output of its parent run
-    model_id = c.get_model_version("s", "1").model_id
+    model_id = c.get_model_version("s", "1").source.removeprefix("models:/")
     assert c.get_logged_model(model_id).experiment_id == exp
     assert c.get_logged_model(model_id).source_run_id == c.get_model_version("s", "1").run_id
     worse = register.register(uri, c, parent_run(c, exp, trained, 0.40, 2), "s")

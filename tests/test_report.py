@@ -19,7 +19,7 @@ from flairseg.config import TrainConfig
 from study import schema, tracking
 from study.schema import Param, Role, Status, Tag
 
-FIGURES = 8
+FIGURES = 9
 SPLIT = {"train": ["O'Brien_1", "p2"], "val": ["b"], "test": ["c"]}  # a quote in an ID
 ONE_TRIAL = [{"model": "unet", "loss": "dice", "status": "completed", "curve": [0.1, 0.3, 0.5]}]
 
@@ -278,8 +278,8 @@ def _check_study_report(page: Path, tmp_path: Path) -> None:
     text = page.read_text()
     assert text.count('<script type="text/javascript">') == 1  # plotly.js once
     assert "<script src=" not in text  # no external script: it opens offline
-    sections = ("family", "best", "hyperparameters", "parallel", "curves", "overlays")
-    for section in (*sections, "evolution", "facts"):
+    sections = ("family", "best", "hyperparameters", "parallel", "importance", "curves")
+    for section in (*sections, "overlays", "evolution", "facts"):
         assert f'id="fig-{section}"' in text
     for name in ("unet / combo", "setr / combo", "stopped by ASHA at epoch 1"):
         assert name in text

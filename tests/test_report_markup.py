@@ -93,6 +93,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
             run_name=f"{study} #1",
             tags={Tag.STUDY: study, Tag.ROLE: Role.STUDY, Tag.INVOCATION: "1"}
             | {Tag.SEARCH: LINK, Tag.COMMAND: RED, Tag.SPLIT: schema.dump_split(split)}
+            | {Tag.REGISTRY: f"{STUDIES[folds]} version 3: champion"}
             | ({Tag.FOLDS: str(folds)} if folds else {}),
         )
         c.log_param(parent.info.run_id, Param.OBJECTIVE, schema.dump_objective("val_iou", "max"))
@@ -145,6 +146,7 @@ def test_every_figure_shows_markup_in_names_as_text(store: str, folds: int | Non
     assert has("curves", LINK) and has("curves", BOLD)  # trace names and hover text
     assert has("best", LINK) and has("overlays", LINK) and has("evolution", LINK)
     assert all(has("facts", s) for s in (STUDIES[folds], EXPERIMENT, LINK, RED, IMG, BOLD))
+    assert has("facts", f"{STUDIES[folds]} version 3: champion")  # the registry's line
     # escaped once: the page and the tables, which escaped before, are not escaped twice
     assert "&amp;lt;" not in page and "&amp;gt;" not in page
     outside = re.sub(r"<script.*?</script>", "", page, flags=re.S)  # the page's own HTML

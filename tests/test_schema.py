@@ -131,3 +131,22 @@ def test_the_report_and_the_schema_spell_no_model_knob() -> None:
             if isinstance(node, ast.Constant) and isinstance(node.value, str)
         }
         assert not strings & knobs, f"{path.name} spells {sorted(strings & knobs)}"
+
+
+def test_a_study_experiment_opens_on_its_runs_in_the_mlflow_ui(tmp_path) -> None:
+    """MLflow 3's UI shows an experiment of unknown kind as GenAI traces: ours say training."""
+    from mlflow.tracking import MlflowClient
+
+    from tests.study_helpers import mlflow_template
+
+    db = tmp_path / "mlflow.db"
+    db.write_bytes(mlflow_template().read_bytes())
+    uri = f"sqlite:///{db}"
+    new = tracking.open_experiment(uri, "made")
+    c = MlflowClient(uri)
+    older = c.create_experiment("older")  # as an earlier version of this project made it
+    assert tracking.open_experiment(uri, "older") == older
+    key, kind = schema.EXPERIMENT_KIND
+    assert (key, kind) == ("mlflow.experimentKind", "custom_model_development")
+    for exp_id in (new, older):
+        assert c.get_experiment(exp_id).tags[key] == kind

@@ -66,6 +66,11 @@ def test_a_study_lands_in_mlflow_as_designed(tmp_path: Path, phantom_dir: Path) 
     c = env.client()
     artifacts = {a.path for a in c.list_artifacts(parent.info.run_id)}
     assert {"best", "best_config.json", "search.json", "summary.json"} <= artifacts
+    # two trials are too few to rank what mattered: the reason, and no importance metric
+    assert summary["importance"]["objective"]["why"] == "2 trials with a value; needs 5"
+    assert "what mattered: none (2 trials with a value; needs 5)" in result.stdout
+    assert "importance.json" in artifacts
+    assert not [k for k in parent.data.metrics if "importance." in k]
     for kid in kids:
         tags, params = kid.data.tags, kid.data.params
         assert tags["search"] == name and tags["model"] in ("unet", "setr")
@@ -115,6 +120,14 @@ def test_asha_stops_the_hopeless_at_the_grace_period(tmp_path: Path, phantom_dir
     assert stopped and all(r.data.params["lr"] == "1e-07" for r in stopped)
     assert any(r.data.tags["stopped_at_epoch"] == "1" for r in stopped)
     assert "stopped by ASHA at epoch 1/4" in result.stdout
+    # what mattered: lr is the one sampled parameter, and it set both the objective and
+    # the epochs (ASHA stopped the lr 1e-7 trials); the stopped trials count
+    mattered = summary["importance"]
+    assert mattered["trials"] == 6
+    assert mattered["objective"]["ranking"] == mattered["cost"]["ranking"] == {"lr": 1.0}
+    (parent,) = parents(runs)
+    assert parent.data.metrics["importance.lr"] == parent.data.metrics["cost_importance.lr"] == 1
+    assert "what mattered: lr 1.00; cost (epochs): lr 1.00" in result.stdout
 
 
 NAN = """
@@ -236,7 +249,8 @@ def _interrupt_and_resume(tmp_path: Path, phantom_dir: Path, sig: signal.Signals
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "resuming study combo_alpha" in resumed.stdout
     trials = env.study("combo_alpha").trials
-    assert len(trials) == 3 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials), (
+    ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)  # PRUNED: ASHA
+    assert len(trials) == 3 and all(t.state in ended and t.value is not None for t in trials), (
         [(t.number, t.state.name) for t in trials],
         log.read_text(),
         resumed.stdout,
