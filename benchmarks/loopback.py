@@ -24,7 +24,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def wait_port(host: str, port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+def wait_port(host: str, port: int, proc: subprocess.Popen, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -86,7 +86,7 @@ class RayNode:
             start_new_session=True,
         )
         if address is None:
-            wait_port(ip, head_port, self.proc, timeout=90)
+            wait_port(ip, head_port, self.proc, timeout=300)
             self.address = f"{ip}:{head_port}"
 
     def kill(self) -> None:
@@ -99,7 +99,7 @@ class RayNode:
 
 
 def wait_nodes(
-    address: str, n: int, timeout: float = 90, env: dict[str, str] | None = None
+    address: str, n: int, timeout: float = 300, env: dict[str, str] | None = None
 ) -> None:
     """Wait until the cluster at `address` has `n` alive nodes (`env`: as for RayNode)."""
     code = (

@@ -115,13 +115,10 @@ def live_view(optuna_url: str) -> str:
 
 
 def _runnable(path: Path) -> str:
-    """`path` as a command typed in the current folder: `.venv/bin/x` below it, else absolute."""
-    try:
-        shown = str(path.relative_to(Path.cwd()))
-        shown = shown if "/" in shown else f"./{shown}"
-    except ValueError:
-        shown = str(path)
-    return shlex.quote(shown)
+    """`path` as a command typed in the current folder (study.commands)."""
+    from study.commands import runnable
+
+    return runnable(path)
 
 
 def _live_extra() -> str:

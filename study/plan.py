@@ -136,10 +136,13 @@ def make_plan(args: argparse.Namespace) -> Plan:
 
 def resume_command(args: argparse.Namespace, study_name: str) -> str:
     """What a user types to finish this invocation if it is interrupted."""
+    from study.commands import python
+
     return secrets.command_line(
         ["--search", args.search, "--study", study_name, "--storage", args.storage]
         + (["--optuna-storage", args.optuna_storage] if args.optuna_storage else [])
-        + ["--resume"]
+        + ["--resume"],
+        python=python(),
     )
 
 

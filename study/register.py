@@ -32,6 +32,7 @@ from typing import Any
 
 from flairseg.errors import ArgumentParser, ConfigError, run_cli
 from study import schema, secrets, tracking
+from study.commands import python
 from study.schema import Artifact, Param, Role, Tag
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -285,7 +286,7 @@ def after_study(opened: Any) -> str | None:
         again += ["--register", name] if name != plan.study_name else []
         print(
             f"warning: the best model was not registered ({first}); register it with: "
-            f"{secrets.command_line(again, 'study.register')}",
+            f"{secrets.command_line(again, 'study.register', python())}",
             flush=True,
         )
         return None

@@ -138,8 +138,9 @@ def _pgpass_add(host: str, port: int, database: str, user: str | None, password:
 ENV_OF = {"--optuna-storage": "OPTUNA_STORAGE", "--mlflow-uri": "MLFLOW_TRACKING_URI"}
 
 
-def command_line(argv: list[str], module: str = "study.run") -> str:
-    """`python -m MODULE ARGS` as it can be run again: a URL given with a password is
+def command_line(argv: list[str], module: str = "study.run", python: str = "python") -> str:
+    """`python -m MODULE ARGS` as it can be run again (`python`: how to call the interpreter,
+    study.commands.python() for a line printed to type here): a URL given with a password is
     replaced by the variable it can come from (`--optuna-storage "$OPTUNA_STORAGE"`); any
     other password is shown as `***`."""
     import shlex
@@ -159,4 +160,4 @@ def command_line(argv: list[str], module: str = "study.run") -> str:
         else:
             out.append(shlex.quote(redact(arg)))
         i += 1
-    return f"python -m {module} " + " ".join(out)
+    return f"{python} -m {module} " + " ".join(out)

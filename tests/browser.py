@@ -70,7 +70,7 @@ def render(page: Path, budget_ms: int = 20000, height: int = 900) -> Rendered:
             ],
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=600,
         )
     console = [
         line
@@ -93,7 +93,7 @@ def screenshot(page: Path, out: Path, height: int = 4200) -> Path:
                 page.resolve().as_uri(),
             ],
             capture_output=True,
-            timeout=120,
+            timeout=600,
             check=True,
         )
     return out

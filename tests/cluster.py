@@ -145,7 +145,7 @@ class MlflowServer:
         )
         reaper.own_process(self.proc, f"mlflow server on port {self.port}")
         self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 300  # a busy machine starts it slowly
         while True:
             try:
                 urllib.request.urlopen(self.url + "/health", timeout=2)

@@ -57,7 +57,7 @@ def lgg_sample() -> Path:
 
 
 def run_cli(
-    *args: str, cwd: Path | None = None, timeout: float = 300
+    *args: str, cwd: Path | None = None, timeout: float = 900
 ) -> subprocess.CompletedProcess:
     """Run `python -m ARGS` as a user would, capturing its output."""
     return subprocess.run(

@@ -96,7 +96,7 @@ class StudyEnv:
         return {**os.environ, "PYTHONWARNINGS": "ignore", "RAY_AUTH_MODE": "disabled"}
 
     def run(
-        self, *args: str, timeout: float = 300, env_extra: dict[str, str | None] | None = None
+        self, *args: str, timeout: float = 900, env_extra: dict[str, str | None] | None = None
     ) -> subprocess.CompletedProcess:
         """`python -m study.run ARGS`; `env_extra` sets variables (None: unsets one)."""
         env = {**self.env(), **(env_extra or {})}
@@ -178,7 +178,7 @@ class StudyEnv:
         return optuna.load_study(study_name=name, storage=self.optuna_url)
 
 
-def wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 240) -> None:
+def wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 900) -> None:
     """Wait until the driver's log holds `text` (fail if it exits first)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -254,7 +254,7 @@ def train_cli(data: Path, cache: Path) -> subprocess.CompletedProcess:
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
         env={**env, "FLAIRSEG_CACHE": str(cache)},
     )
 

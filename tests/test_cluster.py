@@ -131,7 +131,7 @@ def optuna_study(cluster: Cluster, name: str):
 
 
 def run(
-    env: StudyEnv, cluster: Cluster, cmd: list[str], timeout: float = 400, **options
+    env: StudyEnv, cluster: Cluster, cmd: list[str], timeout: float = 1200, **options
 ) -> subprocess.CompletedProcess:
     """The driver to its end; `options` go to `driver_env`."""
     return subprocess.run(
@@ -255,9 +255,9 @@ def test_a_scheduled_firing_killed_midway_is_closed_out_by_the_next(
     cmd = study_cmd(env, cluster, "nightly", trials=3, epochs=8, storage_flag=False)
     log = tmp_path / "first.log"
     first = start_driver(env, cluster, cmd, log)
-    wait_for(log, "trial #", first, timeout=300)
+    wait_for(log, "trial #", first, timeout=900)
     first.kill()  # the scheduler's pod dies mid-firing
-    first.wait(timeout=60)
+    first.wait(timeout=300)
     ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)  # PRUNED: ASHA
     done_before = sum(t.state in ended for t in optuna_study(cluster, "nightly").trials)
     assert done_before >= 1
@@ -314,7 +314,7 @@ def test_losing_the_worker_node_mid_study(
     else:
         raise AssertionError(f"no trial trained on the worker node in 300 s:\n{log.read_text()}")
     cluster.node.kill()
-    proc.wait(timeout=600)
+    proc.wait(timeout=1200)
     assert proc.returncode == 0, log.read_text()
     runs = [r for r in server_runs(cluster, "lost") if r.data.tags.get("study") == "lost-node"]
     trials = [r for r in runs if r.data.tags.get("role") == "trial"]

@@ -188,7 +188,7 @@ def test_a_running_study_is_watched_live_in_optuna_dashboard(
             (name, value), *more = (p.split() for p in params)
             assert (name, float(value), more) == ("lr", trial.params["lr"], [])
 
-            assert proc.wait(timeout=540) == 0, log.read_text()
+            assert proc.wait(timeout=1200) == 0, log.read_text()
             pruned = [t for t in env.study("live").trials if t.state == State.PRUNED]
             assert pruned, log.read_text()
             page = f"{base}/dashboard/studies/{study_id}/trials?numbers={pruned[0].number}"
@@ -239,7 +239,7 @@ def _banner_command(text: str) -> list[str]:
     return shlex.split(line.split("live view: ", 1)[1].split("  (then", 1)[0])
 
 
-def _wait_for_live_values(env: StudyEnv, proc: subprocess.Popen, timeout: float = 300) -> int:
+def _wait_for_live_values(env: StudyEnv, proc: subprocess.Popen, timeout: float = 900) -> int:
     """The number of a RUNNING trial that has intermediate values in the storage."""
     deadline = time.monotonic() + timeout
     study = env.study("live")
@@ -288,7 +288,7 @@ def _render(browser: str, url: str) -> str:
         result = subprocess.run(
             [browser, *FLAGS, f"--user-data-dir={profile}", "--window-size=1400,900",
              "--virtual-time-budget=10000", "--dump-dom", url],
-            capture_output=True, text=True, timeout=120,
+            capture_output=True, text=True, timeout=600,
         )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
@@ -320,7 +320,7 @@ def _stop(proc: subprocess.Popen, sig: signal.Signals = signal.SIGINT) -> None:
         return
     proc.send_signal(sig)
     try:
-        proc.wait(timeout=60)
+        proc.wait(timeout=300)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=30)

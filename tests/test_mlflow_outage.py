@@ -28,7 +28,7 @@ def test_a_study_outlives_its_mlflow_server(tmp_path: Path, phantom_dir: Path) -
     try:
         wait_for(log, ": completed", proc)  # the first trial is logged; the second is not yet
         stop(server.proc, signal.SIGKILL)  # gone, and not back before the study ends
-        proc.wait(timeout=600)
+        proc.wait(timeout=1200)
     finally:
         stop(server.proc, signal.SIGKILL)
         if proc.poll() is None:

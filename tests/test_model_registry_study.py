@@ -93,7 +93,7 @@ def run_cli_env(extra: dict[str, str], *args: str):
     import subprocess
 
     return subprocess.run(
-        [sys.executable, "-m", *args], capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", *args], capture_output=True, text=True, timeout=900,
         env={**os.environ, "PYTHONWARNINGS": "ignore", **extra},
     )  # fmt: skip
 
@@ -113,7 +113,7 @@ def test_a_failed_registration_never_fails_the_study(tmp_path: Path, phantom_dir
     assert done.returncode == 0, done.stdout + done.stderr
     warning = [x for x in done.stdout.splitlines() if "not registered" in x]
     assert len(warning) == 1, done.stdout
-    assert "register it with: python -m study.register --study broken" in warning[0]
+    assert f"register it with: {sys.executable} -m study.register --study broken" in warning[0]
     runs = c.search_runs([exp], f"tags.{Tag.ROLE} = '{Role.STUDY}'")
     assert runs[0].info.status == "FINISHED" and Tag.REGISTRY not in runs[0].data.tags
     # the step alone, once the store can take the model

@@ -58,7 +58,7 @@ def run_predict(
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
         preexec_fn=limits,
     )
@@ -182,7 +182,7 @@ def test_ctrl_c_part_way_leaves_nothing(ckpt: Path, tiny_phantom: Path, tmp_path
             assert proc.poll() is None and time.monotonic() < deadline, "no output was written"
             time.sleep(0.002)
         proc.send_signal(signal.SIGINT)  # the first output file is written: Ctrl+C
-        _, stderr = proc.communicate(timeout=60)
+        _, stderr = proc.communicate(timeout=300)
     finally:
         proc.kill()
     assert proc.returncode == 130 and stderr.strip() == "interrupted", stderr

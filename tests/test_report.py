@@ -51,7 +51,7 @@ def report(env: StudyEnv, *args: str) -> subprocess.CompletedProcess:
         cwd=env.root,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
     )
 
 
@@ -179,7 +179,7 @@ def test_building_a_report_imports_no_torch(tmp_path: Path, phantom_dir: Path) -
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=900
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout
@@ -226,7 +226,7 @@ def test_a_real_study_over_http_and_its_report_in_chromium(
         argv = env.argv("--search", str(write_search(tmp_path / "fam.yaml", FAMILY)))
         argv[argv.index("--mlflow-uri") + 1] = base
         result = subprocess.run(
-            argv, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env.env()
+            argv, cwd=tmp_path, capture_output=True, text=True, timeout=1200, env=env.env()
         )
         assert result.returncode == 0, result.stdout + result.stderr
         assert "report: " in result.stdout
@@ -235,7 +235,7 @@ def test_a_real_study_over_http_and_its_report_in_chromium(
         out = tmp_path / "from-server.html"
         built = subprocess.run(
             [sys.executable, "-m", "dashboards.report", "--mlflow-uri", base, "--experiment", "fam", "--out", str(out)],
-            cwd=REPO, capture_output=True, text=True, timeout=300,
+            cwd=REPO, capture_output=True, text=True, timeout=900,
         )  # fmt: skip
         assert built.returncode == 0, built.stderr
         assert_opens_clean(out, tmp_path)

@@ -77,7 +77,7 @@ def test_a_cross_validated_study_ranks_and_stops_on_the_fold_mean(
     assert stopped and all(r.data.params["lr"] == "1e-07" for r in stopped)
 
 
-def _wait_for_epoch(env: StudyEnv, trial: int, proc, timeout: float = 240) -> None:
+def _wait_for_epoch(env: StudyEnv, trial: int, proc, timeout: float = 900) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, "the driver exited early"
@@ -98,7 +98,7 @@ def test_sigkill_then_resume_continues_every_fold(tmp_path: Path, phantom_dir: P
     wait_for(log, "trial #0 ", proc)
     _wait_for_epoch(env, 1, proc)
     proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=120)
+    proc.wait(timeout=600)
     resumed = env.run(*args, "--resume")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     runs = env.runs("combo_alpha")

@@ -38,10 +38,10 @@ def stop(*procs: subprocess.Popen) -> None:
     for proc in procs:
         if proc.poll() is None:
             proc.kill()
-            proc.wait(timeout=60)
+            proc.wait(timeout=300)
 
 
-def first_to_exit(procs: list[subprocess.Popen], timeout: float = 300) -> subprocess.Popen:
+def first_to_exit(procs: list[subprocess.Popen], timeout: float = 900) -> subprocess.Popen:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for proc in procs:
@@ -172,7 +172,7 @@ def test_a_failure_after_the_parent_exists_ends_it(tmp_path: Path, phantom_dir: 
     try:
         wait_for(log, "running study ", proc)  # the banner: the parent run exists
         (tmp_path / "out").write_text("a file where the summary's folder would go")
-        proc.wait(timeout=300)
+        proc.wait(timeout=900)
     finally:
         stop(proc)
     text = log.read_text()
@@ -210,7 +210,7 @@ def test_two_invocations_of_one_study_at_once(tmp_path: Path, phantom_dir: Path)
             assert LOCKED in text and len(text.strip().splitlines()) == 1, text
             wait_for(winner_log, STARTING_RAY, winner)  # past the tracking store
             winner.send_signal(signal.SIGINT)
-            assert winner.wait(timeout=120) == 130, winner_log.read_text()
+            assert winner.wait(timeout=600) == 130, winner_log.read_text()
         finally:
             stop(a, b)
 
@@ -226,7 +226,7 @@ def test_two_studies_sharing_the_stores_start_at_once(tmp_path: Path, phantom_di
             wait_for(log, STARTING_RAY, proc)
             proc.send_signal(signal.SIGINT)
         for proc, log in ((a, log_a), (b, log_b)):
-            assert proc.wait(timeout=120) == 130, log.read_text()
+            assert proc.wait(timeout=600) == 130, log.read_text()
             text = log.read_text()
             assert "cannot reach" not in text and "already exists" not in text, text
     finally:
@@ -281,7 +281,7 @@ def test_ctrl_c_during_rays_forks_stops_the_study(
     extra = {"PYTHONPATH": path, "SIGINT_AT_FORK": str(fork)}
     proc, log = env.start(*TINY, env_extra=extra)
     try:
-        proc.wait(timeout=300)
+        proc.wait(timeout=900)
     finally:
         stop(proc)
     assert STARTING_RAY in log.read_text()
@@ -299,7 +299,7 @@ def test_ctrl_c_once_the_last_trial_ended_stops_the_study(
     try:
         wait_for(log, "trial #0 ", proc)  # the one trial ended
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=180)
+        proc.wait(timeout=600)
     finally:
         stop(proc)
     assert_stopped(env, proc, log, trained=True)
@@ -317,7 +317,7 @@ def test_ctrl_c_while_ray_starts_stops_the_study(tmp_path: Path, phantom_dir: Pa
         try:
             wait_for(log, STARTING_RAY, proc)
             proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=180)
+            proc.wait(timeout=600)
         finally:
             stop(proc)
         assert not (env.root / "summary.json").exists()

@@ -198,7 +198,7 @@ def test_extending_a_study_adds_new_trials_and_reruns_nothing(
     assert_nothing_running(runs)
 
 
-def wait_for_epoch(env: StudyEnv, experiment: str, trial: int, proc, timeout: float = 120) -> None:
+def wait_for_epoch(env: StudyEnv, experiment: str, trial: int, proc, timeout: float = 600) -> None:
     """Wait until Optuna trial `trial` has logged an epoch to MLflow."""
     import time
 
@@ -221,7 +221,7 @@ def _interrupt_and_resume(tmp_path: Path, phantom_dir: Path, sig: signal.Signals
     wait_for(log, "trial #0 ", proc)  # one trial ended
     wait_for_epoch(env, "combo_alpha", 1, proc)  # and the next one has trained an epoch
     proc.send_signal(sig)
-    proc.wait(timeout=120)
+    proc.wait(timeout=600)
     import optuna
 
     if sig == signal.SIGINT:
@@ -243,7 +243,7 @@ def _interrupt_and_resume(tmp_path: Path, phantom_dir: Path, sig: signal.Signals
     import subprocess
 
     resumed = subprocess.run(
-        argv, cwd=elsewhere, capture_output=True, text=True, timeout=300, env=env.env()
+        argv, cwd=elsewhere, capture_output=True, text=True, timeout=900, env=env.env()
     )
     assert not (elsewhere / "mlflow.db").exists()
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -296,7 +296,7 @@ def test_a_new_invocation_closes_out_a_killed_one(tmp_path: Path, phantom_dir: P
     wait_for(log, "trial #0 ", proc)
     wait_for_epoch(env, "combo_alpha", 1, proc)
     proc.kill()
-    proc.wait(timeout=60)
+    proc.wait(timeout=300)
     result = env.run(*args, "--trials", "1", "--max-epochs", "1")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "closed out invocation #1" in result.stdout

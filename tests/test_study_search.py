@@ -161,7 +161,7 @@ def test_unreachable_mlflow_server_exits_2_quickly(tmp_path: Path, phantom_dir: 
     argv = env.argv("--search", "combo_alpha")
     argv[argv.index("--mlflow-uri") + 1] = "http://127.0.0.1:9"
     result = subprocess.run(
-        argv, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env.env()
+        argv, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env.env()
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
@@ -174,7 +174,7 @@ def test_list_prints_every_search_with_its_space() -> None:
         [sys.executable, "-m", "study.run", "--list"],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=300,
         cwd=Path(__file__).resolve().parents[1],
     )
     assert result.returncode == 0, result.stderr
@@ -191,7 +191,7 @@ def test_a_second_invocation_on_a_running_study_is_refused(
     (tmp_path / "studies").mkdir()
     lock = StudyLock(env.optuna_url, "combo_alpha").acquire()
     try:
-        result = env.run("--search", "combo_alpha", "--image-size", "32", timeout=120)
+        result = env.run("--search", "combo_alpha", "--image-size", "32", timeout=600)
     finally:
         lock.release()
     assert result.returncode == 2
@@ -219,10 +219,10 @@ def test_a_study_is_bound_to_its_data(tmp_path: Path, phantom_dir: Path) -> None
     )
     study.set_user_attr("search", "combo_alpha")
     study.set_user_attr("data_key", "another data set")
-    result = env.run("--search", "combo_alpha", "--image-size", "32", timeout=120)
+    result = env.run("--search", "combo_alpha", "--image-size", "32", timeout=600)
     assert result.returncode == 2
     assert "it was run on other data" in result.stderr
-    other = env.run("--search", "family", "--study", "combo_alpha", timeout=120)
+    other = env.run("--search", "family", "--study", "combo_alpha", timeout=600)
     assert other.returncode == 2 and "belongs to search 'combo_alpha'" in other.stderr
 
 
