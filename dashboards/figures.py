@@ -15,6 +15,7 @@ from plotly.subplots import make_subplots
 
 from dashboards import spread
 from dashboards.load import StudyData, Trial, finite, plain
+from dashboards.styles import COLOURS, trial_styles
 from study.schema import Tag
 
 SCORES = ("iou", "dice", "pixel_accuracy", "mean_accuracy")
@@ -24,7 +25,6 @@ SCORE_NAMES = {
     "pixel_accuracy": "pixel accuracy",
     "mean_accuracy": "mean accuracy",
 }
-COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
 
 
 def empty(title: str, why: str) -> go.Figure:
@@ -198,8 +198,8 @@ def fig_hyper(data: StudyData) -> go.Figure:
                         text=[text + n for text, n in zip(trace.text, notes, strict=True)],
                     )
                 fig.add_trace(trace, row=1, col=ki + 1)
-        if key == "lr":
-            fig.update_xaxes(type="log", row=1, col=ki + 1)
+        if key == "lr":  # every tick as 2e-4, 5e-4, 1e-3: never 100μ beside 0.001
+            fig.update_xaxes(type="log", tickformat=".2~e", nticks=3, row=1, col=ki + 1)
     fig.update_yaxes(title_text=data.metric, row=1, col=1)
     fig.update_layout(title=title + " (x: stopped early" + _bars(data) + ")", height=420)
     return fig
@@ -295,9 +295,11 @@ def fig_curves(data: StudyData) -> go.Figure:
     if not with_curves:
         return empty("Learning curves", "no trial logged an epoch")
     fig = go.Figure()
-    groups = list(data.groups())
+    groups = {g: [t for t in ts if t.curve] for g, ts in data.groups().items()}
+    styles = trial_styles(groups, {t.run_id for t in with_curves if not t.ok})
+    titled: set[str] = set()
     for t in with_curves:
-        colour = COLOURS[groups.index(t.group) % len(COLOURS)]
+        colour, dash = styles[t.run_id]
         xs, ys = zip(*t.curve, strict=True)
         fill = spread.band(t, colour) if data.folds else None
         if fill is not None:
@@ -307,9 +309,10 @@ def fig_curves(data: StudyData) -> go.Figure:
                 x=list(xs),
                 y=list(ys),
                 mode="lines",
-                line={"color": colour, "width": 1.5, "dash": "solid" if t.ok else "dot"},
+                line={"color": colour, "width": 1.5, "dash": dash},
                 name=t.name,
                 legendgroup=t.group,
+                legendgrouptitle={"text": t.group} if t.group not in titled else None,
                 text=[t.name] * len(xs),  # data in text, never in the template
                 hovertemplate="%{text}<br>epoch %{x}<br>"
                 + data.metric
@@ -328,7 +331,15 @@ def fig_curves(data: StudyData) -> go.Figure:
                     hovertemplate=f"%{{text}}<br>stopped by ASHA at epoch {xs[-1]} of {t.planned}<extra></extra>",
                 )
             )
-    fig.update_layout(title=title, height=480, xaxis_title="epoch", yaxis_title=data.metric)
+        titled.add(t.group)
+    fig.update_layout(
+        title=title,
+        # tall enough for a legend entry per trial and a header per group (up to ~30)
+        height=min(max(480, 170 + 19 * (len(with_curves) + 2 * len(groups))), 900),
+        xaxis_title="epoch",
+        yaxis_title=data.metric,
+        legend={"groupclick": "toggleitem"},  # a click hides one trial, not its group
+    )
     return fig
 
 

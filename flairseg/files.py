@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import stat
@@ -15,10 +16,14 @@ from typing import IO
 
 @contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
-    """Yield a temporary file beside `path`; on success it replaces `path`, on error it is removed."""
+    """Yield a temporary file beside `path`; on success it replaces `path`, on error it is removed.
+
+    The file gets the mode open() gives a new file under the process's umask (as every
+    other file written here), not mkstemp's 0600, also where it replaces an older file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create(path)
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -26,6 +31,21 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _create(path: Path) -> tuple[int, str]:
+    """A new file of a free name beside `path` (`.NAME.XXXXXXXX.tmp`), created as mkstemp
+    creates one but with mode 0o666 less the umask, which the kernel applies (reading the
+    umask would set it for a moment, under every thread of the process)."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    flags |= getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), str(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 @contextmanager

@@ -55,8 +55,13 @@ def test_the_declared_presets_and_the_flat_order() -> None:
         "dim": 256,
         "heads": 8,
         "mlp_dim": 512,
+        "encoder": "ours",
+        "decoder": "ours",
     }
-    assert model_keys() == ["depth", "width", "norm", "num_cuts", "dim", "heads", "mlp_dim"]
+    assert model_keys() == [
+        *("depth", "width", "norm"),
+        *("num_cuts", "dim", "heads", "mlp_dim", "encoder", "decoder"),
+    ]
 
 
 def test_a_knob_left_none_keeps_the_preset() -> None:
