@@ -97,3 +97,103 @@ def screenshot(page: Path, out: Path, height: int = 4200) -> Path:
             check=True,
         )
     return out
+
+
+class DevTools:
+    """Headless Chromium driven over the DevTools protocol on a pipe (`--remote-debugging-pipe`:
+    fds 3 and 4, NUL-separated JSON), for pages that must be read while a single-page app
+    runs in real time: navigate, evaluate JavaScript, wait for what the page shows."""
+
+    def __init__(self, height: int = 900) -> None:
+        from tests import reaper
+
+        chrome_in, ours_in = os.pipe()  # Chromium reads its fd 3, we write
+        ours_out, chrome_out = os.pipe()  # Chromium writes its fd 4, we read
+
+        def fds() -> None:  # in the child: the two ends onto 3 and 4, whatever they were
+            high_in, high_out = os.dup(chrome_in), os.dup(chrome_out)
+            os.dup2(high_in, 3)
+            os.dup2(high_out, 4)
+
+        self.profile = tempfile.mkdtemp(prefix="chromium-")
+        argv = [
+            chromium(),
+            *FLAGS,
+            f"--user-data-dir={self.profile}",
+            f"--window-size=1400,{height}",
+        ]
+        self.proc = subprocess.Popen(
+            [*argv, "--remote-debugging-pipe", "about:blank"],
+            pass_fds=(3, 4),
+            preexec_fn=fds,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        reaper.own_process(self.proc, "Chromium")
+        os.close(chrome_in)
+        os.close(chrome_out)
+        self._w = os.fdopen(ours_in, "wb", buffering=0)
+        self._r = os.fdopen(ours_out, "rb", buffering=0)
+        self._buffer, self._n = b"", 0
+        target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})[
+            "sessionId"
+        ]
+
+    def send(self, method: str, params: dict | None = None, session: str | None = None) -> dict:
+        import json
+
+        self._n += 1
+        message = {"id": self._n, "method": method, "params": params or {}}
+        if session:
+            message["sessionId"] = session
+        self._w.write(json.dumps(message).encode() + b"\0")
+        while True:
+            while b"\0" not in self._buffer:
+                chunk = self._r.read(1 << 16)
+                if not chunk:
+                    raise RuntimeError("Chromium closed its DevTools pipe")
+                self._buffer += chunk
+            raw, _, self._buffer = self._buffer.partition(b"\0")
+            reply = json.loads(raw)
+            if reply.get("id") == self._n:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply.get("result", {})
+
+    def open(self, url: str) -> None:
+        self.send("Page.navigate", {"url": url}, self.session)
+
+    def js(self, expression: str):
+        result = self.send(
+            "Runtime.evaluate", {"expression": expression, "returnByValue": True}, self.session
+        )
+        return result.get("result", {}).get("value")
+
+    def wait_for_text(self, text: str, timeout: float = 300) -> str:
+        """The page's text once it shows `text` (a progress wait; the limit is a safety net)."""
+        import json
+        import time
+
+        deadline = time.monotonic() + timeout
+        probe = "document.body ? document.body.innerText : ''"
+        shown = ""
+        while time.monotonic() < deadline:
+            shown = self.js(probe) or ""
+            if text in shown:
+                return shown
+            time.sleep(0.3)
+        raise AssertionError(f"the page never showed {json.dumps(text)}:\n{shown[-2000:]}")
+
+    def close(self) -> None:
+        from tests import reaper
+
+        try:
+            self._w.close()
+            self.proc.wait(timeout=30)
+        except Exception:
+            self.proc.kill()
+        finally:
+            reaper.release(self.proc.pid)
+            shutil.rmtree(self.profile, ignore_errors=True)

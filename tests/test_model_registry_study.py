@@ -65,6 +65,11 @@ def test_studies_register_champion_and_other_data_over_a_server(
         assert {d.dataset.digest for d in inputs.values()} == {fingerprint[:36]}
         assert [t.value for t in inputs["val"].tags] == ["validation"]
         assert json.loads(inputs["train"].dataset.source)["uri"] == str(phantom_dir)
+    # the MLflow UI at the address the summary printed: the runs, no mode toggle clicked
+    address = next(x for x in first.stdout.splitlines() if x.startswith("  MLflow: open "))
+    address = address.removeprefix("  MLflow: open ").split()[0]
+    assert address.endswith("/runs?workflowType=machine_learning"), address
+    assert run.info.run_name in ui_runs(address, run.info.run_name, 2)
     # another image size is other data: it never takes the champion
     other = env.run(
         "--search", str(search), "--study", "reg48", "--image-size", "48",
@@ -125,3 +130,28 @@ def test_a_failed_registration_never_fails_the_study(tmp_path: Path, phantom_dir
     assert str(c.get_model_version_by_alias("broken", "champion").version) == "1"
     twice = run_cli(*command[2:], cwd=tmp_path)
     assert twice.returncode == 0 and twice.stdout.startswith("already registered: broken version 1")
+
+
+def ui_runs(address: str, parent: str, trials: int) -> str:
+    """What MLflow's UI lists at `address` once the parent run's row is expanded (its
+    trials are nested under it): the page's text."""
+    from tests.browser import DevTools
+
+    page = DevTools()
+    try:
+        page.open(address)
+        page.wait_for_text(parent)
+        assert page.js("document.title").startswith("Runs"), page.js("document.title")
+        expand = (
+            "(() => { const row = [...document.querySelectorAll('[row-id]')]"
+            f".find(r => r.innerText.includes({parent!r}));"
+            " const button = row && row.querySelector('button');"
+            " if (button) button.click(); return Boolean(button); })()"
+        )
+        assert page.js(expand), "the parent run's row has no expander"
+        text = page.wait_for_text(" unet combo ")
+        listed = [line for line in text.splitlines() if " unet combo " in line]
+        assert len(listed) == trials, text
+        return text
+    finally:
+        page.close()
