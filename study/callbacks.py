@@ -48,6 +48,7 @@ class StudyCallback(Callback):
         folds: int | None = None,
         outbox_dir: str | None = None,
         datasets: list[dict[str, Any]] | None = None,
+        study_best: float | None = None,
     ) -> None:
         self.uri = uri
         self.experiment_id = experiment_id
@@ -62,6 +63,7 @@ class StudyCallback(Callback):
         self.folds = folds  # K of a cross-validated study: tagged on each trial run
         self.outbox_dir = outbox_dir  # where writes wait while the server is away
         self.datasets = datasets or []  # study.datasets specs: each trial run's inputs
+        self.study_best = study_best  # the study's best objective before this invocation
         self._outbox: Outbox | None = None
         self._client = None
         self._runs: dict[int, str] = {}
@@ -244,6 +246,9 @@ class StudyCallback(Callback):
                 self.writes.log_artifacts(run_id, out, Artifact.EVOLUTION_DIR)
             self.writes.log_artifact(run_id, str(source), Artifact.EVOLUTION_DIR)
 
+    def _pick(self, scores: list[float]) -> float:
+        return max(scores) if self.mode == "max" else min(scores)
+
     def _maybe_status(self, trials: list, force: bool) -> None:
         now = time.monotonic()
         if not force and now - self._last_status < self.status_every:
@@ -254,10 +259,11 @@ class StudyCallback(Callback):
         stopped = sum(schema.is_stopped(s) for s in finished)
         failed = sum(s == Status.FAILED for s in finished)
         scores = [v for _, v in self._done.values() if isinstance(v, float) and math.isfinite(v)]
-        best = ""
-        if scores:
-            pick = max(scores) if self.mode == "max" else min(scores)
-            best = f"; best {self.metric} {pick:.4f}"
+        bests = [f"this invocation {self._pick(scores):.4f}"] if scores else []
+        before = getattr(self, "study_best", None)  # a callback pickled before it has none
+        if before is not None:
+            bests.append(f"the study before it {before:.4f}")
+        best = f"; best {self.metric}: " + ", ".join(bests) if bests else ""
         elapsed = int(now - self._started)
         say(
             f"[{elapsed // 60}m{elapsed % 60:02d}s] {len(finished)}/{self.total} trials done "

@@ -38,8 +38,8 @@ from typing import Any
 from flairseg.errors import ArgumentParser, ConfigError, FlairsegError
 from flairseg.train import write_json
 from study import invocation, ledger, outbox, register, results, secrets
-from study.console import banner, list_searches, print_summary, quiet
-from study.plan import Plan, make_plan, open_tracking
+from study.console import banner, headline, list_searches, print_summary, quiet
+from study.plan import Plan, make_plan, open_tracking, with_data
 from study.tuner import (
     TuneJob,
     check_interrupted,
@@ -176,6 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             # refused has written nothing, not even the stores' tables
             lock = ledger.StudyLock(plan.optuna_url, plan.study_name).acquire()
             try:
+                headline(plan)  # the first line: before the synthetic set is made, Ray starts
+                plan = with_data(plan)
                 storage = ledger.open_storage(plan.optuna_url)
                 return run_study(open_tracking(plan), storage)
             finally:

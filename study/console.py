@@ -19,6 +19,7 @@ from study import secrets
 
 if TYPE_CHECKING:
     from study.invocation import Opened
+    from study.plan import Plan
 
 
 def quiet() -> None:
@@ -67,11 +68,26 @@ def list_searches() -> None:
             )
 
 
+def headline(plan: Plan) -> None:
+    """The run's first line: the study, its search and profile. Printed once the study's lock
+    is held, before the synthetic data set is generated and Ray starts."""
+    what = "resuming" if plan.resume else "running"
+    print(
+        f"{what} study {plan.study_name} (search {plan.search.name}, profile {plan.profile}"
+        + (
+            ", the laptop-sized settings of the search file; --profile full for the research ones"
+            if plan.profile == "laptop"
+            else ""
+        )
+        + ")",
+        flush=True,
+    )
+
+
 def banner(opened: Opened, gpus: float) -> None:
     """What is about to run, on what, and where each store lives; before the first trial."""
     plan, record, data = opened.plan, opened.record, opened.data
     search = plan.search
-    what = "resuming" if plan.resume else "running"
     budget = (
         f"ASHA: up to {search.asha.max_epochs} epochs, grace {search.asha.grace_period}, "
         f"reduction {search.asha.reduction_factor:g}"
@@ -79,13 +95,7 @@ def banner(opened: Opened, gpus: float) -> None:
         else f"no early stopping, up to {search.asha.max_epochs} epochs"
     )
     print(
-        f"{what} study {plan.study_name} (search {search.name}, profile {plan.profile}"
-        + (
-            ", the laptop-sized settings of the search file; --profile full for the research ones"
-            if plan.profile == "laptop"
-            else ""
-        )
-        + f"), invocation #{record.number}: {record.trials} trials\n"
+        f"{_adds(opened)}\n"
         f"  data: {opened.data_dir} ({_patients(data, search.folds)}, {data.image_size} px)\n"
         f"  {budget}; objective {search.metric} ({search.mode})\n"
         f"  {search.concurrency} at a time, {search.cpus:g} CPU and {gpus:g} GPU per trial\n"
@@ -94,6 +104,30 @@ def banner(opened: Opened, gpus: float) -> None:
         flush=True,
     )
     print(live_view(plan.optuna_url), flush=True)
+
+
+def _adds(opened: Opened) -> str:
+    """`invocation #2 adds 12 trials to a study of 12 (best so far: ...)`: what this
+    invocation runs against what the study already holds (its ended trials)."""
+    import optuna
+
+    from study import ledger
+
+    state = optuna.trial.TrialState
+    record, metric = opened.record, opened.plan.search.metric
+    ended = len(
+        opened.study.get_trials(deepcopy=False, states=(state.COMPLETE, state.PRUNED, state.FAIL))
+    )
+    best = ledger.best_trial(opened.study)
+    so_far = f" (best so far: trial #{best.number}, {metric} {best.value:.4f})" if best else ""
+    if opened.plan.resume:
+        return (
+            f"invocation #{record.number} resumed: {record.trials} trials, "
+            f"in a study of {ended} ended so far{so_far}"
+        )
+    if not ended and record.number == 1:
+        return f"invocation #1: {record.trials} trials, a new study"
+    return f"invocation #{record.number} adds {record.trials} trials to a study of {ended}{so_far}"
 
 
 def live_view(optuna_url: str) -> str:
@@ -163,33 +197,21 @@ def _patients(data: Any, folds: int | None) -> str:
 
 
 def print_summary(summary: dict[str, Any], seconds: float, uri: str, experiment: str) -> str:
-    """Print the invocation's summary; return its one-line digest, printed last."""
-    t = summary["trials"]
-    total = sum(t.values())
-    stops = ", ".join(f"{n} at epoch {e}" for e, n in summary["stopped_at_epoch"].items())
-    print(
-        f"\nstudy {summary['study']} ({summary['search']}): {total} trials in {seconds / 60:.1f} min"
-    )
-    print(
-        f"  completed {t.get('completed', 0)}, stopped by ASHA {t.get('stopped', 0)}"
-        + (f" ({stops})" if stops else "")
-        + f", failed {t.get('failed', 0)}"
-        + (f", killed {t['killed']}" if t.get("killed") else "")
-    )
-    spent, without = summary["epochs_spent"], summary["epochs_without_stopping"]
-    share = f" ({100 * spent / without:.0f} %)" if without else ""
-    print(f"  epochs spent {spent} of {without} without early stopping{share}")
+    """Print the invocation's summary; return its one-line digest, printed last. Counts and
+    epochs are this invocation's; the best trial and what mattered are the study's."""
+    mine = _invocation_counts(summary, seconds)
+    study = f"the study ({summary['study_trials']} trials so far)"
     if "importance" in summary:  # what drove the objective and the epochs (study.importance)
         from study.importance import line as mattered
 
-        print("  " + mattered(summary["importance"]))
+        print(f"  {study}: " + mattered(summary["importance"]))
     if "best_config" not in summary:
         print("  no trial finished with a score")
-        return f"no trial of study {summary['study']} succeeded"
+        return f"no trial of study {summary['study']} succeeded; {mine}"
     cfg = summary["best_config"]
+    where = "this invocation" if summary.get("best_this_invocation") else "an earlier invocation"
     print(
-        f"  best of the study ({summary['study_trials']} trials so far): {summary['best_name']}, "
-        f"{summary['best_epochs']} epochs"
+        f"  best of {study}: {summary['best_name']}, {summary['best_epochs']} epochs, from {where}"
     )
     print("  best config: " + " ".join(f"{k}={v}" for k, v in cfg.items() if v is not None))
     folds = summary.get("folds")
@@ -210,12 +232,37 @@ def print_summary(summary: dict[str, Any], seconds: float, uri: str, experiment:
     if summary.get("registry"):
         print(f"  model registry: {summary['registry']}")
     print(f"  MLflow: {mlflow_hint(uri, experiment)}")
-    line = f"best {summary['objective']} {summary.get(summary['objective'], float('nan')):.4f} (trial #{summary['best_trial']})"
+    value = summary.get(summary["objective"], float("nan"))
+    line = f"best of the study: {summary['objective']} {value:.4f} (trial #{summary['best_trial']}"
+    line += f", {where})"
     if "test_iou" in summary:
         line += f", test iou {summary['test_iou']:.4f}"
         if folds:
             line += f" (ensemble of {folds} folds)"
-    return line + f"; {total} trials, {spent}/{without} epochs"
+    return f"{line}; {mine}"
+
+
+def _invocation_counts(summary: dict[str, Any], seconds: float) -> str:
+    """Print the summary's head and this invocation's trials and epochs; return the last
+    line's part about them: `this invocation: 12 trials, 151/240 epochs`."""
+    t = summary["trials"]
+    total = sum(t.values())
+    stops = ", ".join(f"{n} at epoch {e}" for e, n in summary["stopped_at_epoch"].items())
+    print(
+        f"\nstudy {summary['study']} (search {summary['search']}), invocation "
+        f"#{summary['invocation']}: {total} trials in {seconds / 60:.1f} min"
+    )
+    print(
+        f"  this invocation: completed {t.get('completed', 0)}, "
+        f"stopped by ASHA {t.get('stopped', 0)}"
+        + (f" ({stops})" if stops else "")
+        + f", failed {t.get('failed', 0)}"
+        + (f", killed {t['killed']}" if t.get("killed") else "")
+    )
+    spent, without = summary["epochs_spent"], summary["epochs_without_stopping"]
+    share = f" ({100 * spent / without:.0f} %)" if without else ""
+    print(f"  this invocation: epochs spent {spent} of {without} without early stopping{share}")
+    return f"this invocation: {total} trials, {spent}/{without} epochs"
 
 
 def mlflow_hint(uri: str, experiment: str) -> str:

@@ -100,9 +100,8 @@ def say_nothing_to_resume(study: Any, study_name: str) -> None:
 
 
 def resumed(plan: Plan, pending: ledger.Invocation) -> Plan:
-    """The plan as the interrupted invocation recorded it: its merged search, its data,
-    and its MLflow target unless --mlflow-uri, $MLFLOW_TRACKING_URI or --experiment
-    say otherwise."""
+    """The plan as the interrupted invocation recorded it: its merged search, its data, and
+    its MLflow target unless --mlflow-uri, $MLFLOW_TRACKING_URI or --experiment name another."""
     raw = dict(pending.search)
     overrides = raw.pop("_overrides", {})
     name = raw.pop("name", plan.search.name)
@@ -316,6 +315,7 @@ def trial_logger(opened: Opened) -> Any:
         folds=plan.search.folds,
         outbox_dir=str(outbox.folder_for(opened.record.path)),
         datasets=datasets.specs(opened.data_dir, opened.data, plan.search.folds),
+        study_best=getattr(ledger.best_trial(opened.study), "value", None),
     )
 
 

@@ -22,11 +22,12 @@ from typing import Any
 import torch
 
 from flairseg.config import TrainConfig
-from flairseg.data import load_slices
+from flairseg.data import cache_dir, load_slices
 from flairseg.dataset import Dataset, make_dataset
 from flairseg.engine import Speed
 from flairseg.errors import ConfigError
 from flairseg.folds import check_folds
+from flairseg.phantom import PhantomSpec
 from flairseg.train import default_data
 from study import schema, secrets, tracking
 from study import search as searches
@@ -99,7 +100,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
     study_name = args.study if args.study is not None else search.name
     check_study_name(study_name, args.study is not None, search.source)
     # check everything a user can get wrong before anything is written
-    loaded = None if args.resume else load_data(args.data, search)
+    # the synthetic set, made on first use, is loaded after the run's first line (with_data)
+    loaded = None if args.resume or to_generate(args.data) else load_data(args.data, search)
+    if loaded is None and not args.resume:
+        check_synthetic_split(search)  # what load_data checks, before the set is made
     uri = secrets.take(args.mlflow_uri or tracking.default_uri(), "--mlflow-uri")
     uri_flag = secrets.take(args.mlflow_uri, "--mlflow-uri") if args.mlflow_uri else None
     experiment = args.experiment if args.experiment is not None else search.name
@@ -256,6 +260,31 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
         for flag, key in OVERRIDE_FLAGS.items()
         if getattr(args, flag) is not None
     }
+
+
+def to_generate(data: str | None) -> bool:
+    """No --data, and the synthetic default set (flairseg.train.default_data) not made yet."""
+    return not data and not (cache_dir() / "data" / PhantomSpec().name()).exists()
+
+
+def check_synthetic_split(search: searches.Search) -> None:
+    """The split and --folds checks of `load_data` for the synthetic set not made yet: its
+    patient count is known without it, so a bad one still ends before anything is written."""
+    from flairseg.dataset import split_patients
+
+    base = TrainConfig.from_dict(search.fixed)
+    names = [f"patient{i}" for i in range(PhantomSpec().patients)]
+    split = split_patients(names, base.val_fraction, base.test_fraction, base.split_seed)
+    if search.folds is not None:
+        check_folds(search.folds, len(split.train) + len(split.val))
+
+
+def with_data(plan: Plan) -> Plan:
+    """The plan with its data loaded: the synthetic set that `make_plan` left to generate
+    (a --resume loads what its record names, later)."""
+    if plan.resume or plan.loaded is not None:
+        return plan
+    return dataclasses.replace(plan, loaded=load_data(plan.data_flag, plan.search))
 
 
 def load_data(data: str | None, search: searches.Search) -> tuple[Path, Dataset]:

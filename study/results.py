@@ -110,6 +110,7 @@ def score_best(opened: Opened, trial_runs: list, device: torch.device) -> dict[s
         "best_trial": best.number,
         "best_run": run.info.run_id,
         "best_name": run.info.run_name,
+        "best_this_invocation": run.data.tags.get(Tag.PARENT) == opened.parent_id,
         "best_epochs": int(ckpt["epoch"]),
         "best_config": config.to_dict(),
         **{k: round(v, 6) for k, v in scores.items()},

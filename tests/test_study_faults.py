@@ -170,7 +170,7 @@ def test_a_failure_after_the_parent_exists_ends_it(tmp_path: Path, phantom_dir: 
     target = tmp_path / "out" / "summary.json"
     proc, log = env.start(*TINY, "--json", str(target))
     try:
-        wait_for(log, "running study ", proc)  # the banner: the parent run exists
+        wait_for(log, "live view: ", proc)  # the banner's last line: the parent run exists
         (tmp_path / "out").write_text("a file where the summary's folder would go")
         proc.wait(timeout=900)
     finally:

@@ -182,8 +182,27 @@ def test_extending_a_study_adds_new_trials_and_reruns_nothing(
     assert first.returncode == 0, first.stdout + first.stderr
     second = env.run("--search", "combo_alpha", *TINY, "--trials", "3", "--max-epochs", "1")
     assert second.returncode == 0, second.stdout + second.stderr
-    assert "invocation #2: 3 trials" in second.stdout
     trials = env.study("combo_alpha").trials
+    # the run's first line names the profile; the banner says what this invocation adds to
+    # what the study holds; the summary labels the study's best and this invocation's counts
+    assert first.stdout.splitlines()[0].startswith("running study combo_alpha (search combo_alpha")
+    assert "\ninvocation #1: 2 trials, a new study\n" in first.stdout
+    earlier = max(trials[:2], key=lambda t: t.value)
+    assert (
+        f"\ninvocation #2 adds 3 trials to a study of 2 (best so far: trial #{earlier.number}, "
+        f"val_iou {earlier.value:.4f})\n" in second.stdout
+    )
+    assert "\nstudy combo_alpha (search combo_alpha), invocation #2: 3 trials in " in second.stdout
+    assert "\n  this invocation: completed " in second.stdout
+    assert "\n  best of the study (5 trials so far): #" in second.stdout
+    best = max(trials, key=lambda t: t.value)
+    last = second.stdout.strip().splitlines()[-1]  # the best's val_iou as rescored at the end
+    where = "this invocation" if best.number >= 2 else "an earlier invocation"
+    assert last.startswith("best of the study: val_iou "), last
+    assert f" (trial #{best.number}, {where}), test iou " in last, last
+    assert last.endswith("; this invocation: 3 trials, 3/3 epochs"), last
+    for status in [ln for ln in second.stdout.splitlines() if " trials done " in ln]:
+        assert f"the study before it {earlier.value:.4f}" in status, status
     assert [t.number for t in trials] == [0, 1, 2, 3, 4]
     assert [t.params for t in trials[:2]] == [
         {"alpha": 0.7, "lr": 0.0001},
