@@ -270,9 +270,16 @@ def mlflow_hint(uri: str, experiment: str) -> str:
     `mlflow ui` on a local store (a server is already a UI), and the address of the
     experiment's runs (`workflowType=machine_learning`: MLflow 3's UI opens an experiment on
     its GenAI traces otherwise)."""
-    from study import schema
+    from study import schema, tracking
 
-    exp = schema.client(uri).get_experiment_by_name(experiment)
+    try:  # the address of the runs needs the experiment's id: a store that does not answer
+        # now only shortens the hint, it never fails the summary of a study that trained
+        with tracking.env(
+            {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+        ):
+            exp = schema.client(uri).get_experiment_by_name(experiment)
+    except Exception:
+        exp = None
     runs = f"/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning" if exp else ""
     if uri.startswith(("http://", "https://")):
         return f"open {secrets.scrub(uri).rstrip('/')}{runs}  (experiment {experiment})"

@@ -27,16 +27,23 @@ def fetch(uri: str, folder: str) -> str:
     found = URI.match(uri)
     if found is None:
         raise ConfigError(f"--model {uri}: give models:/NAME@ALIAS or models:/NAME/VERSION")
-    store = schema.default_uri()
+    store = secrets.take(schema.default_uri(), "MLFLOW_TRACKING_URI")  # shown without it
     name, alias, version = found["name"], found["alias"], found["version"]
     where = f"in {secrets.scrub(store)} (set MLFLOW_TRACKING_URI to the study's store)"
     if store.startswith("sqlite:///") and not Path(store.removeprefix("sqlite:///")).is_file():
         raise ConfigError(f"--model {uri}: no MLflow store {where}")
     c = tracking.client(store)
     try:
-        model = c.get_registered_model(name)
-    except MlflowException:
-        raise ConfigError(f"--model {uri}: no registered model {name} {where}") from None
+        with tracking.env(QUICK):
+            model = c.get_registered_model(name)
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise ConfigError(f"--model {uri}: no registered model {name} {where}") from None
+        raise ConfigError(f"--model {uri}: {_first(err)} ({where})") from None
+    except Exception as err:  # an unreachable store: SQLAlchemy's or requests' errors
+        raise ConfigError(
+            f"--model {uri}: cannot read the registry ({_first(err)}) {where}"
+        ) from None
     if alias and alias not in model.aliases:
         have = ", ".join(sorted(model.aliases)) or "none"
         raise ConfigError(f"--model {uri}: model {name} has no alias {alias} (it has: {have})")
@@ -58,8 +65,15 @@ def fetch(uri: str, folder: str) -> str:
                 tracking_uri=store,
             )
     except Exception as err:
-        first = str(err).strip().partition("\n")[0][:200] or type(err).__name__
         raise ConfigError(
-            f"--model {uri}: version {mv.version} has no flairseg checkpoint ({first})"
+            f"--model {uri}: version {mv.version} has no flairseg checkpoint ({_first(err)})"
         ) from None
     return local
+
+
+QUICK = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+
+
+def _first(err: BaseException) -> str:
+    """The first line of an error, with any password taken this process masked."""
+    return secrets.scrub(str(err).strip().partition("\n")[0][:200]) or type(err).__name__

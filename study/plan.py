@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import socket
 import unicodedata
 from dataclasses import dataclass
@@ -145,6 +146,8 @@ def resume_command(args: argparse.Namespace, study_name: str) -> str:
     return secrets.command_line(
         ["--search", args.search, "--study", study_name, "--storage", args.storage]
         + (["--optuna-storage", args.optuna_storage] if args.optuna_storage else [])
+        + (["--register", args.register] if getattr(args, "register", None) else [])
+        + (["--no-register"] if getattr(args, "no_register", False) else [])
         + ["--resume"],
         python=python(),
     )
@@ -160,7 +163,8 @@ def registered_name(args: argparse.Namespace, study_name: str) -> str | None:
         return None
     if args.register:
         return check_name(args.register, "--register")
-    return check_name(study_name, "--study")
+    # a study name may hold what a models:/ URI cannot (/ : @ quotes): those become '-'
+    return check_name(re.sub(r"[/:@'\"\x00-\x1f]", "-", study_name)[:256], "--study")
 
 
 def open_tracking(plan: Plan) -> Plan:

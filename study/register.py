@@ -71,10 +71,11 @@ class Best:
         tags = {
             "study": self.study, "invocation": self.invocation, "trial": self.trial,
             "objective": schema.dump_objective(self.metric, self.mode),
-            "score": f"{self.score:.6g}", "config": json.dumps(self.config, sort_keys=True),
+            "score": repr(self.score), "config": json.dumps(self.config, sort_keys=True),
             "data_fingerprint": self.fingerprint, "split": self.split, "comparable": self.key,
             "parent_run": self.parent_id,
         } | {k: f"{v:.6g}" for k, v in self.scores.items()}  # fmt: skip
+        # `score` exact (repr): the next version is compared with it; the rest for people
         if self.folds:
             tags["folds"] = self.folds
         return {PREFIX + k: v[:5000] for k, v in tags.items()}
@@ -123,10 +124,16 @@ def register(uri: str, c: Any, parent: Any, name: str) -> Outcome:
 
 def _register(uri: str, c: Any, best: Best, name: str) -> Outcome:
     same = _same_trial(c, name, best)
-    if same is not None:  # an earlier invocation's best is still the study's best
+    if same is not None:  # a search leaves a version's aliases out: read it whole
+        same = c.get_model_version(name, str(same.version))
+    if same is not None and same.aliases:  # an earlier invocation's best is still the best
         line = f"{name}: the best trial (#{best.trial}) is version {same.version} already"
         c.set_tag(best.parent_id, Tag.REGISTRY, line)
         return Outcome(str(same.version), "", line)
+    if same is not None:  # registered, but a failure came before its alias: give it one
+        alias, line = _move_aliases(c, name, str(same.version), best)
+        c.set_tag(best.parent_id, Tag.REGISTRY, line)
+        return Outcome(str(same.version), alias, line)
     model_id = log_model(uri, c, best)
     version = _new_version(c, name, best, model_id)
     alias, line = _move_aliases(c, name, version, best)
@@ -280,7 +287,7 @@ def after_study(opened: Any) -> str | None:
             outcome = register(plan.mlflow_uri, opened.client, opened.client.get_run(
                 opened.parent_id), name)  # fmt: skip
     except Exception as err:
-        first = str(err).strip().partition("\n")[0][:200] or type(err).__name__
+        first = secrets.scrub(str(err).strip().partition("\n")[0][:200]) or type(err).__name__
         again = ["--study", plan.study_name, "--experiment", plan.experiment,
                  "--invocation", str(opened.record.number), "--mlflow-uri", plan.mlflow_uri]  # fmt: skip
         again += ["--register", name] if name != plan.study_name else []
@@ -365,8 +372,16 @@ def main(argv: list[str] | None = None) -> int:
     if Tag.REGISTRY in parent.data.tags:
         print(f"already registered: {parent.data.tags[Tag.REGISTRY]}")
         return 0
-    with _quiet_mlflow():
-        outcome = register(uri, c, parent, name)
+    try:
+        with _quiet_mlflow():
+            outcome = register(uri, c, parent, name)
+    except ConfigError:
+        raise
+    except Exception as err:  # a refusal, an outage, a missing artifact: one line
+        first = str(err).strip().partition("\n")[0][:200] or type(err).__name__
+        raise ConfigError(
+            f"--study {args.study}: not registered ({secrets.scrub(first)})"
+        ) from None
     print(outcome.line)
     return 0
 

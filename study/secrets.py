@@ -153,7 +153,11 @@ def command_line(argv: list[str], module: str = "study.run", python: str = "pyth
         flag, eq, value = arg.partition("=")
         if flag in ENV_OF and not eq and i + 1 < len(args):
             value, i = args[i + 1], i + 1
-        if flag in ENV_OF and value and without_password(value)[2] is not None:
+        if (
+            flag in ENV_OF
+            and value
+            and (without_password(value)[2] is not None or had_password(value))
+        ):
             out.append(f'{flag} "${ENV_OF[flag]}"')
         elif flag in ENV_OF and value:
             out.append(f"{flag} {shlex.quote(redact(value))}")

@@ -107,6 +107,7 @@ class DevTools:
     def __init__(self, height: int = 900) -> None:
         from tests import reaper
 
+        program = chromium()  # may skip: before any pipe or folder exists
         chrome_in, ours_in = os.pipe()  # Chromium reads its fd 3, we write
         ours_out, chrome_out = os.pipe()  # Chromium writes its fd 4, we read
 
@@ -117,7 +118,7 @@ class DevTools:
 
         self.profile = tempfile.mkdtemp(prefix="chromium-")
         argv = [
-            chromium(),
+            program,
             *FLAGS,
             f"--user-data-dir={self.profile}",
             f"--window-size=1400,{height}",
@@ -136,10 +137,13 @@ class DevTools:
         self._w = os.fdopen(ours_in, "wb", buffering=0)
         self._r = os.fdopen(ours_out, "rb", buffering=0)
         self._buffer, self._n = b"", 0
-        target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
-        self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})[
-            "sessionId"
-        ]
+        try:
+            target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+            attached = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})
+        except BaseException:
+            self.close()
+            raise
+        self.session = attached["sessionId"]
 
     def send(self, method: str, params: dict | None = None, session: str | None = None) -> dict:
         import json
@@ -187,13 +191,20 @@ class DevTools:
         raise AssertionError(f"the page never showed {json.dumps(text)}:\n{shown[-2000:]}")
 
     def close(self) -> None:
+        import contextlib
+        import signal
+
         from tests import reaper
 
+        with contextlib.suppress(OSError):
+            self._w.close()  # Chromium ends when its pipe closes
         try:
-            self._w.close()
             self.proc.wait(timeout=30)
-        except Exception:
-            self.proc.kill()
-        finally:
-            reaper.release(self.proc.pid)
-            shutil.rmtree(self.profile, ignore_errors=True)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        with contextlib.suppress(OSError):
+            self._r.close()
+        reaper.release(self.proc.pid)
+        shutil.rmtree(self.profile, ignore_errors=True)

@@ -60,11 +60,11 @@ class Postgres:
             shutil.chown(pwfile, "postgres", "postgres")
             auth = ["--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}"]
         self._as_postgres(self.bin / "initdb", "-D", self.dir / "data", *auth, "-U", "postgres")
+        reaper.own(id(self), f"PostgreSQL in {self.dir}", self._kill)  # before it can start
         self._as_postgres(
             self.bin / "pg_ctl", "-D", self.dir / "data", "-l", self.dir / "log", "-w",
             "-o", f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.dir}", "start",
         )  # fmt: skip
-        reaper.own(id(self), f"PostgreSQL in {self.dir}", self._kill)
         for db in ("mlflow", "optuna"):
             self._as_postgres(self.bin / "createdb", "-h", self.dir, "-p", self.port, db)
 
@@ -95,9 +95,12 @@ class Postgres:
     def close(self) -> None:
         try:
             self._as_postgres(self.bin / "pg_ctl", "-D", self.dir / "data", "-m", "fast", "stop")
+        except Exception:
+            self._kill()  # it did not stop: at once, then its folder
+            raise
         finally:
-            shutil.rmtree(self.dir, ignore_errors=True)
             reaper.release(id(self))
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class MlflowServer:
@@ -157,7 +160,7 @@ class MlflowServer:
 
     def close(self) -> None:
         stop(self.proc)
-        reaper.release(self.proc.pid)
+        reaper.release(self.proc.pid)  # only once stopped: stop() raises otherwise
         if self.auth_dir is not None:
             shutil.rmtree(self.auth_dir, ignore_errors=True)
 
@@ -170,7 +173,5 @@ class RayNode(loopback.RayNode):
         reaper.own_process(self.proc, f"Ray node on {self.ip}")
 
     def close(self) -> None:
-        try:
-            super().close()
-        finally:
-            reaper.release(self.proc.pid)
+        super().close()
+        reaper.release(self.proc.pid)  # only once stopped: else the reaper still has it

@@ -208,7 +208,6 @@ def test_a_missing_model_or_alias_is_one_line_and_exit_2(
     [
         (["--register", "a/b"], "--register 'a/b': not a registered model name (holds '/')"),
         (["--register", "x", "--no-register"], "--no-register: not with --register NAME"),
-        (["--study", "a@b"], "--study 'a@b': not a registered model name"),
     ],
 )
 def test_a_bad_registered_name_is_refused_before_anything_runs(
@@ -233,3 +232,18 @@ def test_register_by_hand_says_what_it_lacks(tmp_path: Path) -> None:
         missing.stderr.strip()
         == f"error: --mlflow-uri sqlite:///{tmp_path}/none.db: no MLflow store there (give the study's)"
     )
+
+
+def test_a_registration_cut_off_before_its_alias_is_finished_by_the_next(
+    store, trained: Path
+) -> None:
+    """The version exists but the run stopped before its alias moved: registering the same
+    best trial again gives it its alias, instead of saying it is done."""
+    uri, c, exp = store
+    parent = parent_run(c, exp, trained, 0.5, 1)
+    register.register(uri, c, parent, "s")
+    c.delete_registered_model_alias("s", "champion")  # as if cut off after create_model_version
+    again = register.register(uri, c, c.get_run(parent.info.run_id), "s")
+    assert (again.version, again.alias) == ("1", "champion")
+    assert aliases(c, "s") == {"champion": "1"}
+    assert float(c.get_model_version("s", "1").tags["flairseg.score"]) == 0.5

@@ -150,6 +150,8 @@ def test_a_study_named_with_a_quote_runs_and_ends(tmp_path: Path, phantom_dir: P
     env = StudyEnv(tmp_path, phantom_dir)
     result = env.run(*TINY, "--study=o'brien")
     assert result.returncode == 0, result.stdout + result.stderr
+    # a models:/ URI cannot carry the quote: the registered model is named o-brien
+    assert "model registry: o-brien version 1: champion" in result.stdout, result.stdout
     runs = env.runs("combo_alpha")
     assert {r.data.tags["study"] for r in runs} == {"o'brien"}
     assert sorted((r.data.tags["role"], r.info.status) for r in runs) == [

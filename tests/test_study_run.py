@@ -33,7 +33,8 @@ def assert_nothing_running(runs: list) -> None:
 
 def test_a_study_lands_in_mlflow_as_designed(tmp_path: Path, phantom_dir: Path) -> None:
     """One full study (the family search: both models, their own knobs) and the MLflow
-    layout of DESIGN.md; every search file is smoke-tested in process in test_searches_train."""
+    layout of DESIGN.md; every search file is smoke-tested in process in test_searches_train.
+    One piece on purpose: its assertions all read the one study it runs (a minute each)."""
     name = "family"
     env = StudyEnv(tmp_path, phantom_dir, fresh=True)  # every file here is the study's own
     out = tmp_path / "summary.json"
@@ -233,6 +234,7 @@ def wait_for_epoch(env: StudyEnv, experiment: str, trial: int, proc, timeout: fl
 
 
 def _interrupt_and_resume(tmp_path: Path, phantom_dir: Path, sig: signal.Signals) -> None:
+    # one piece on purpose: the interrupted study and its resume are one sequence of states
     env = StudyEnv(tmp_path, phantom_dir)
     args = ("--search", "combo_alpha", "--image-size", "32", "--concurrency", "1")
     args += ("--trials", "3", "--max-epochs", "6")
