@@ -274,9 +274,7 @@ def mlflow_hint(uri: str, experiment: str) -> str:
 
     try:  # the address of the runs needs the experiment's id: a store that does not answer
         # now only shortens the hint, it never fails the summary of a study that trained
-        with tracking.env(
-            {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-        ):
+        with tracking.quick_failures():
             exp = schema.client(uri).get_experiment_by_name(experiment)
     except Exception:
         exp = None

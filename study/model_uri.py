@@ -34,7 +34,7 @@ def fetch(uri: str, folder: str) -> str:
         raise ConfigError(f"--model {uri}: no MLflow store {where}")
     c = tracking.client(store)
     try:
-        with tracking.env(QUICK):
+        with tracking.quick_failures(20):
             model = c.get_registered_model(name)
     except MlflowException as err:
         if err.error_code == "RESOURCE_DOES_NOT_EXIST":
@@ -69,9 +69,6 @@ def fetch(uri: str, folder: str) -> str:
             f"--model {uri}: version {mv.version} has no flairseg checkpoint ({_first(err)})"
         ) from None
     return local
-
-
-QUICK = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 
 
 def _first(err: BaseException) -> str:

@@ -58,9 +58,13 @@ def env(values: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _quick_failures() -> contextlib.AbstractContextManager[None]:
-    """Fail fast on an unreachable server instead of MLflow's minutes of retries."""
-    return env({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"})
+def quick_failures(seconds: int = 10) -> contextlib.AbstractContextManager[None]:
+    """Fail fast on an unreachable server instead of MLflow's minutes of retries: no
+    retries, `seconds` per request."""
+    return env(
+        {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(seconds)}
+    )
+
 
 
 def check_experiment(uri: str, name: str) -> None:
@@ -87,7 +91,7 @@ def _experiment(uri: str, name: str, create: bool) -> str | None:
         if not create and not db.exists():
             return None  # nothing to check in it yet, and opening it would make it
     try:
-        with ledger.creation_lock(db) if db else contextlib.nullcontext(), _quick_failures():
+        with ledger.creation_lock(db) if db else contextlib.nullcontext(), quick_failures():
             c = client(uri)
             exp = c.get_experiment_by_name(name)
             if exp is None:
