@@ -66,7 +66,6 @@ def quick_failures(seconds: int = 10) -> contextlib.AbstractContextManager[None]
     )
 
 
-
 def check_experiment(uri: str, name: str) -> None:
     """What `open_experiment` would refuse, found without writing: a SQLite store's missing
     folder, an unreachable server, a deleted experiment (a new SQLite file is not made)."""
