@@ -58,9 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     server = MlflowServer(backend, root / "artifacts")
     c = tracking.client(server.url)
     run_id = c.create_run(c.create_experiment("stall")).info.run_id
-    print(
-        f"retry every {outbox.RETRY_S:.0f} s; timeout {outbox.QUICK['MLFLOW_HTTP_REQUEST_TIMEOUT']} s"
-    )
+    print(f"retry every {outbox.RETRY_S:.0f} s; timeout {outbox.TIMEOUT_S} s")
     up = _times(Outbox(server.url, root / "box-up"), run_id, args.writes)
     print(_row("up", up))
     stop(server.proc, signal.SIGKILL)

@@ -32,7 +32,7 @@ from study import tracking
 RETRY_S = 30.0  # how often a driver with a journal asks the server again
 LOCAL_PREFIX = "outbox-"  # the id of a run created while the server was away
 OUTBOX_TAG = "flairseg.outbox"
-QUICK = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+TIMEOUT_S = 20  # a journaled write waits this long for the server before it is kept
 
 
 def catch_up(uri: str, tune_path: str, what: str) -> None:
@@ -117,7 +117,7 @@ class Outbox:
         """The new run's id: the server's, or a local one until the journal is replayed."""
         if not self._queueing():
             try:
-                with tracking.env(QUICK):
+                with tracking.quick_failures(TIMEOUT_S):
                     return self.client.create_run(
                         experiment_id, run_name=run_name, tags=tags
                     ).info.run_id
@@ -169,7 +169,7 @@ class Outbox:
             return True
         ids = self._ids()
         try:
-            with tracking.env({} if patient else QUICK):
+            with tracking.env({}) if patient else tracking.quick_failures(TIMEOUT_S):
                 for k in range(done, len(ops)):
                     self._apply(ops[k], ids)
                     self._save_applied(k + 1)
@@ -195,7 +195,7 @@ class Outbox:
     def _write(self, op: dict[str, Any]) -> None:
         if not self._queueing():
             try:
-                with tracking.env(QUICK):
+                with tracking.quick_failures(TIMEOUT_S):
                     self._apply(op, self._ids())
                 return
             except Exception as err:

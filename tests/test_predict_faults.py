@@ -177,7 +177,7 @@ def test_ctrl_c_part_way_leaves_nothing(ckpt: Path, tiny_phantom: Path, tmp_path
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 600  # an outer limit: a busy machine imports torch slowly
         while not holds_a_file(tmp_path / "results"):
             assert proc.poll() is None and time.monotonic() < deadline, "no output was written"
             time.sleep(0.002)
