@@ -227,6 +227,7 @@ def test_resume_refuses_another_kind_of_checkpoint(cv_run: CVRun, tmp_path: Path
         train(config, data, resume=path, device=CPU)
 
 
+@pytest.mark.slow
 def test_train_folds_cli_then_predict(phantom_dir: Path, tmp_path: Path) -> None:
     out, ckpt = tmp_path / "out.json", tmp_path / "cv.pt"
     result = run_cli(

@@ -119,6 +119,7 @@ def test_champion_moves_only_to_a_better_comparable_version(store, trained: Path
     assert len(c.search_model_versions("name = 's'")) == 4
 
 
+@pytest.mark.slow
 def test_the_registered_model_predicts_as_its_checkpoint(
     registered: str, trained: Path, phantom_dir: Path, tmp_path: Path
 ) -> None:

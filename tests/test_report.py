@@ -116,6 +116,7 @@ def _fake_study(
     c.set_terminated(parent.info.run_id, "FINISHED")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("trials", "said"),
     [
@@ -143,6 +144,7 @@ def test_degenerate_studies_say_what_is_missing(
     assert_opens_clean(out, tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["json", "old str(dict)"])
 def test_the_split_reads_in_either_stored_form(
     tmp_path: Path, phantom_dir: Path, form: str

@@ -209,6 +209,7 @@ def test_lock_is_released_with_its_holder(tmp_path: Path) -> None:
     StudyLock(url, "s").acquire().release()
 
 
+@pytest.mark.slow
 def test_a_study_is_bound_to_its_data(tmp_path: Path, phantom_dir: Path) -> None:
     import optuna
 

@@ -80,6 +80,7 @@ def test_callback_can_stop(phantom_dir: Path) -> None:
     assert len(result.history) == 2 and result.stopped_early
 
 
+@pytest.mark.slow
 def test_train_then_predict_cli(phantom_dir: Path, tmp_path: Path) -> None:
     scores, ckpt = tmp_path / "scores.json", tmp_path / "model.ckpt"
     result = run_cli(
