@@ -369,7 +369,7 @@ def end_early(opened: Opened, err: BaseException) -> None:
         try:
             step()
         except Exception as again:
-            failed.append(str(again).strip().partition("\n")[0][:200] or type(again).__name__)
+            failed.append(secrets.first_line(again))
     if failed:
         print(
             f"warning: invocation #{opened.record.number} of study {plan.study_name} could not "

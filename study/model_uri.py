@@ -39,10 +39,10 @@ def fetch(uri: str, folder: str) -> str:
     except MlflowException as err:
         if err.error_code == "RESOURCE_DOES_NOT_EXIST":
             raise ConfigError(f"--model {uri}: no registered model {name} {where}") from None
-        raise ConfigError(f"--model {uri}: {_first(err)} ({where})") from None
+        raise ConfigError(f"--model {uri}: {secrets.first_line(err)} ({where})") from None
     except Exception as err:  # an unreachable store: SQLAlchemy's or requests' errors
         raise ConfigError(
-            f"--model {uri}: cannot read the registry ({_first(err)}) {where}"
+            f"--model {uri}: cannot read the registry ({secrets.first_line(err)}) {where}"
         ) from None
     if alias and alias not in model.aliases:
         have = ", ".join(sorted(model.aliases)) or "none"
@@ -66,11 +66,7 @@ def fetch(uri: str, folder: str) -> str:
             )
     except Exception as err:
         raise ConfigError(
-            f"--model {uri}: version {mv.version} has no flairseg checkpoint ({_first(err)})"
+            f"--model {uri}: version {mv.version} has no flairseg checkpoint "
+            f"({secrets.first_line(err)})"
         ) from None
     return local
-
-
-def _first(err: BaseException) -> str:
-    """The first line of an error, with any password taken this process masked."""
-    return secrets.scrub(str(err).strip().partition("\n")[0][:200]) or type(err).__name__

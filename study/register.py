@@ -287,7 +287,7 @@ def after_study(opened: Any) -> str | None:
             outcome = register(plan.mlflow_uri, opened.client, opened.client.get_run(
                 opened.parent_id), name)  # fmt: skip
     except Exception as err:
-        first = secrets.scrub(str(err).strip().partition("\n")[0][:200]) or type(err).__name__
+        first = secrets.first_line(err)
         again = ["--study", plan.study_name, "--experiment", plan.experiment,
                  "--invocation", str(opened.record.number), "--mlflow-uri", plan.mlflow_uri]  # fmt: skip
         again += ["--register", name] if name != plan.study_name else []
@@ -378,9 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError:
         raise
     except Exception as err:  # a refusal, an outage, a missing artifact: one line
-        first = str(err).strip().partition("\n")[0][:200] or type(err).__name__
         raise ConfigError(
-            f"--study {args.study}: not registered ({secrets.scrub(first)})"
+            f"--study {args.study}: not registered ({secrets.first_line(err)})"
         ) from None
     print(outcome.line)
     return 0

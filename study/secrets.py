@@ -72,6 +72,12 @@ def scrub(text: str) -> str:
     return text
 
 
+def first_line(err: BaseException) -> str:
+    """An error said in one line of at most 200 characters (its type when it says nothing),
+    with every password taken this process masked."""
+    return scrub(str(err).strip().partition("\n")[0][:200]) or type(err).__name__
+
+
 def take(url: str, flag: str) -> str:
     """`url` without its password; the password handed to the client that will connect.
 

@@ -31,6 +31,14 @@ def test_urls_lose_their_password_and_commands_name_the_variable() -> None:
     )
 
 
+def test_an_error_is_one_line_without_a_taken_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(secrets, "_TAKEN", {PASSWORD})
+    err = ConnectionError(f"  cannot reach u:{PASSWORD}@h\n{'x' * 300}\n")
+    assert secrets.first_line(err) == "cannot reach u:***@h"
+    assert secrets.first_line(ValueError("y" * 300)) == "y" * 200
+    assert secrets.first_line(KeyboardInterrupt()) == "KeyboardInterrupt"
+
+
 @pytest.mark.parametrize("flag", ["--storage", "--address"])
 def test_a_password_that_cannot_be_handed_on_is_refused(
     flag: str, tmp_path: Path, phantom_dir: Path
