@@ -121,6 +121,7 @@ class StudyData:
     # K of a patient K-fold cross-validated study: its scores are fold means with a spread
     folds: int | None = None
     importance: Mattered | None = None  # None: the latest invocation logged none
+    answer: dict | None = None  # its comparison.json (dashboards.answer); None: none or bad
 
     def best_of(self, trials: list[Trial]) -> Trial | None:
         scored = [t for t in trials if t.ok and finite(t.metrics.get(self.metric))]
@@ -240,6 +241,7 @@ def load(uri: str, experiment: str, study: str | None = None) -> StudyData:
         split=_split(tags.get(Tag.SPLIT, "")),
         folds=folds,
         importance=load_importance(c, parents[-1]),
+        answer=load_answer(c, parents[-1]),
     )
     with tempfile.TemporaryDirectory(prefix="flairseg-report-") as folder:
         for trial in data.bests():
@@ -334,6 +336,32 @@ def load_importance(c: Any, parent: Any) -> Mattered | None:
         if not ranking:
             why[part] = label(text or saved.get("why") or "not computed")
     return Mattered(rankings, why)
+
+
+def load_answer(c: Any, parent: Any) -> dict | None:
+    """The parent run's comparison.json, every string escaped (`label`), keeping the finalists
+    with a trial and per-patient scores; None: it has none, or its winner is none of them."""
+    record = _escaped(_json_artifact(c, parent.info.run_id, schema.Artifact.COMPARISON))
+    if not isinstance(record, dict):
+        return None
+    for key in ("finalists", "comparisons"):
+        found = record.get(key)
+        record[key] = [x for x in found if isinstance(x, dict)] if isinstance(found, list) else []
+    kept = [f for f in record["finalists"] if isinstance(f.get("patients"), dict)]
+    record["finalists"] = [f for f in kept if f.get("trial") is not None]
+    trials = [f["trial"] for f in record["finalists"]]
+    return record if record.get("winner") in trials else None
+
+
+def _escaped(value: Any) -> Any:
+    """A JSON value with every string in it, keys too, as the report shows it (`label`)."""
+    if isinstance(value, str):
+        return label(value)
+    if isinstance(value, dict):
+        return {label(k): _escaped(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_escaped(v) for v in value]
+    return value
 
 
 def _json_artifact(c: Any, run_id: str, name: str) -> dict | None:

@@ -17,6 +17,7 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 from plotly.utils import PlotlyJSONEncoder
 
+from dashboards.answer import fig_answer
 from dashboards.figures import (
     fig_best_table,
     fig_curves,
@@ -29,8 +30,10 @@ from dashboards.importance import fig_importance
 from dashboards.load import StudyData, load
 from dashboards.pictures import fig_evolution, fig_overlays
 
-# The sections in page order: the id of each figure's <section> and its builder.
+# The sections in page order: the id of each figure's <section> and its builder. The answer
+# (the confirmed finalists compared) first: it is what a reader of the study wants first.
 FIGURES: tuple[tuple[str, Callable[[StudyData], go.Figure]], ...] = (
+    ("answer", fig_answer),
     ("family", fig_family),
     ("best", fig_best_table),
     ("hyperparameters", fig_hyper),

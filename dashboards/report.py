@@ -4,16 +4,21 @@ It reads the runs from MLflow (a SQLite store or a server; it imports no trainin
 and writes one HTML file that opens offline: plotly.js embedded once, pictures embedded
 as PNG data. Sections, each a Plotly figure:
 
-1. the family compared: IoU, Dice, pixel accuracy, mean accuracy of every trial, grouped
+1. the answer, finalists confirmed and compared (dashboards.answer, from the parent run's
+   comparison.json): each finalist's per-patient volume Dice, and the winner minus each
+   runner-up in volume Dice and IoU with its 95 % CI, verdict and p; the title names the
+   winner and its verdict against the runner-up. A study run with `--no-confirm` says its
+   answer is unconfirmed; one without the artifact says it has none;
+2. the family compared: IoU, Dice, pixel accuracy, mean accuracy of every trial, grouped
    by model and loss, the best of each group marked;
-2. the best trial of each group: its config and its val and test scores;
-3. the objective against each sampled hyperparameter, all trials in parallel
+3. the best trial of each group: its config and its val and test scores;
+4. the objective against each sampled hyperparameter, all trials in parallel
    coordinates, and what mattered: each hyperparameter's importance for the objective and
    for the cost (epochs reached), or why the study has none (dashboards.importance);
-4. learning curves, with the epochs where ASHA stopped trials and the compute saved;
-5. probability-mask overlays of each group's best model on the same val slices;
-6. the training region evolution of the best trial, a slider over epochs;
-7. the study's facts: data, fingerprint, split, image size, trials by status, wall time,
+5. learning curves, with the epochs where ASHA stopped trials and the compute saved;
+6. probability-mask overlays of each group's best model on the same val slices;
+7. the training region evolution of the best trial, a slider over epochs;
+8. the study's facts: data, fingerprint, split, image size, trials by status, wall time,
    the command that reproduces it, and what registering its best model did.
 
 In a cross-validated study (`study.run --folds K`) every score is the fold mean and
@@ -26,8 +31,9 @@ report covers the experiment's most recent study.
 
 This module is the command line. The work is done in order by `dashboards.load` (one read
 of MLflow through `study.schema`), `dashboards.figures` (with `dashboards.spread` for a
-cross-validated study's spread), `dashboards.importance` and `dashboards.pictures` (the
-figures, from loaded data only), then `dashboards.page` (the HTML); none imports torch.
+cross-validated study's spread), `dashboards.answer`, `dashboards.importance` and
+`dashboards.pictures` (the figures, from loaded data only), then `dashboards.page` (the
+HTML); none imports torch.
 """
 
 from __future__ import annotations

@@ -109,15 +109,27 @@ def scores(pred: torch.Tensor, target: torch.Tensor, threshold: float = 0.5) -> 
     return micro(confusion(pred, target, threshold))
 
 
+def per_patient(c: Confusion, patient: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each patient's volume scores: `c` holds per-slice counts (N,), `patient` an integer
+    id per slice (N,); the slices of one patient are pooled into one volume. Keys `ids`
+    (the sorted patient ids, (P,)), `volume_dice` and `iou` ((P,) float64); a volume with
+    an empty mask and an empty prediction scores 1 on both."""
+    ids, inverse = torch.unique(patient, return_inverse=True)
+    tp = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, inverse, c.tp)
+    fp = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, inverse, c.fp)
+    fn = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, inverse, c.fn)
+    return {
+        "ids": ids,
+        "volume_dice": _ratio(2 * tp, 2 * tp + fp + fn),
+        "iou": _ratio(tp, tp + fp + fn),
+    }
+
+
 def volume_dice(c: Confusion, patient: torch.Tensor) -> float:
-    """Mean over patients of each patient's volume Dice.
+    """Mean over patients of each patient's volume Dice (`per_patient`).
 
     `c` holds per-slice counts (N,), `patient` an integer id per slice (N,). The slices
     of one patient are pooled into one volume; a volume with an empty mask and an
     empty prediction scores 1.
     """
-    ids, inverse = torch.unique(patient, return_inverse=True)
-    tp = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, inverse, c.tp)
-    fp = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, inverse, c.fp)
-    fn = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, inverse, c.fn)
-    return float(_ratio(2 * tp, 2 * tp + fp + fn).mean())
+    return float(per_patient(c, patient)["volume_dice"].mean())

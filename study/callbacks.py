@@ -24,7 +24,12 @@ from study.outbox import Outbox
 from study.schema import Artifact, Param, Role, Status, Tag
 
 STATUS_EVERY_S = 30.0
-CONFIG_KEYS = ("flairseg", "optuna_trial", "resume_from")  # what a trial config holds besides
+CONFIG_KEYS = (
+    "flairseg",
+    "optuna_trial",
+    "resume_from",
+    "replica",
+)  # what a trial config holds besides
 # the sampled values
 
 
@@ -94,30 +99,49 @@ class StudyCallback(Callback):
 
     # -- Tune hooks ---------------------------------------------------------------
 
+    role = Role.TRIAL  # what its runs are: the search's trials
+
+    def config_of(self, trial) -> dict[str, Any]:
+        """The trial's config: `flairseg` (its TrainConfig), `optuna_trial`, sampled values."""
+        return trial.config
+
+    def key_of(self, trial) -> Any:
+        """What its MLflow run is found by (a search trial: its Optuna number)."""
+        return int(self.config_of(trial)["optuna_trial"])
+
+    def key_of_run(self, run) -> Any:
+        return int(run.data.tags.get(Tag.OPTUNA_TRIAL, -1))
+
+    def identity_tags(self, trial) -> dict[str, str]:
+        """The tags that say which trial a run is."""
+        return {Tag.OPTUNA_TRIAL: str(self.config_of(trial)["optuna_trial"])}
+
     def setup(self, **info: Any) -> None:
         """Find the runs this study already has (a resumed invocation keeps logging there)."""
         self._started = self._last_status = time.monotonic()
-        for run in schema.study_runs(self.client, self.experiment_id, self.study, role=Role.TRIAL):
-            number = int(run.data.tags.get(Tag.OPTUNA_TRIAL, -1))
-            self._runs[number] = run.info.run_id
+        for run in schema.study_runs(self.client, self.experiment_id, self.study, role=self.role):
+            key = self.key_of_run(run)
+            if key is None:
+                continue
+            self._runs[key] = run.info.run_id
             epochs = run.data.tags.get(Tag.EPOCHS_LOGGED)
             self._last_step[run.info.run_id] = int(epochs) if epochs else 0
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        number = int(trial.config["optuna_trial"])
-        config = TrainConfig.from_dict(trial.config["flairseg"])
-        run_id = self._runs.get(number)
+        key = self.key_of(trial)
+        config = TrainConfig.from_dict(self.config_of(trial)["flairseg"])
+        run_id = self._runs.get(key)
         if run_id is not None:  # resumed: the same run carries on
             self.writes.update_run(run_id, status="RUNNING")
             self.writes.set_tag(run_id, Tag.STATUS, Status.RUNNING)
             return
-        sampled = {k: v for k, v in trial.config.items() if k not in CONFIG_KEYS}
+        sampled = {k: v for k, v in self.config_of(trial).items() if k not in CONFIG_KEYS}
         tags = {
             Tag.PARENT: self.parent_id,
             Tag.STUDY: self.study,
             Tag.SEARCH: self.search,
-            Tag.ROLE: Role.TRIAL,
-            Tag.OPTUNA_TRIAL: str(number),
+            Tag.ROLE: self.role,
+            **self.identity_tags(trial),
             Tag.RAY_TRIAL_ID: trial.trial_id,
             Tag.MODEL: config.model,
             Tag.LOSS: config.loss,
@@ -127,9 +151,7 @@ class StudyCallback(Callback):
         }
         if getattr(self, "folds", None):  # a callback pickled before folds existed has none
             tags[Tag.FOLDS] = str(self.folds)
-        run_id = self.writes.create_run(
-            self.experiment_id, run_name=tracking.run_name(number, config, sampled), tags=tags
-        )
+        run_id = self.writes.create_run(self.experiment_id, run_name=self._label(trial), tags=tags)
         from mlflow.entities import Param as MlflowParam
 
         params = [MlflowParam(k, str(v)) for k, v in tracking.trial_params(config).items()]
@@ -137,7 +159,7 @@ class StudyCallback(Callback):
         self.writes.log_batch(run_id, params=params)
         if getattr(self, "datasets", None):  # a callback pickled before datasets has none
             self.writes.log_inputs(run_id, self.datasets)
-        self._runs[number] = run_id
+        self._runs[key] = run_id
         self._last_step[run_id] = 0
 
     def on_trial_result(
@@ -173,7 +195,7 @@ class StudyCallback(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
         result = trial.last_result or {}
         epoch = int(result.get("epoch", 0))
-        planned = int(result.get("planned_epochs") or trial.config["flairseg"]["epochs"])
+        planned = int(result.get("planned_epochs") or self.config_of(trial)["flairseg"]["epochs"])
         if epoch >= planned:
             status, text = Status.COMPLETED, f"completed {epoch} epochs"
         else:
@@ -183,7 +205,7 @@ class StudyCallback(Callback):
             )
         value = result.get(self.metric)
         self._finish(trial, status, "FINISHED", epoch)
-        self._done[int(trial.config["optuna_trial"])] = (status, value)
+        self._done[self.key_of(trial)] = (status, value)
         shown = f"{self.metric} {value:.4f}" if isinstance(value, float) else "no score"
         say(f"trial {self._label(trial)}: {text}, {shown}")
         self._maybe_status(trials, force=False)
@@ -196,7 +218,7 @@ class StudyCallback(Callback):
         if run_id is not None:
             self.writes.set_tag(run_id, Tag.ERROR, message[:5000])
         self._finish(trial, Status.FAILED, "FAILED", epoch)
-        self._done[int(trial.config["optuna_trial"])] = (Status.FAILED, None)
+        self._done[self.key_of(trial)] = (Status.FAILED, None)
         say(f"trial {self._label(trial)}: failed after {epoch} epochs: {message}")
         self._maybe_status(trials, force=False)
 
@@ -206,13 +228,13 @@ class StudyCallback(Callback):
     # -- helpers ------------------------------------------------------------------
 
     def _run_of(self, trial) -> str | None:
-        return self._runs.get(int(trial.config["optuna_trial"]))
+        return self._runs.get(self.key_of(trial))
 
     def _label(self, trial) -> str:
-        number = int(trial.config["optuna_trial"])
-        config = TrainConfig.from_dict(trial.config["flairseg"])
-        sampled = {k: v for k, v in trial.config.items() if k not in CONFIG_KEYS}
-        return tracking.run_name(number, config, sampled)
+        given = self.config_of(trial)
+        config = TrainConfig.from_dict(given["flairseg"])
+        sampled = {k: v for k, v in given.items() if k not in CONFIG_KEYS}
+        return tracking.run_name(int(given["optuna_trial"]), config, sampled)
 
     def _finish(self, trial, status: str, run_status: str, epoch: int) -> None:
         run_id = self._run_of(trial)
@@ -227,9 +249,7 @@ class StudyCallback(Callback):
             try:
                 self._log_evolution(run_id, checkpoint)
             except Exception as err:  # a picture must not lose the run's status
-                say(
-                    f"warning: trial {trial.config['optuna_trial']}: evolution images not logged ({err})"
-                )
+                say(f"warning: trial {self._label(trial)}: evolution images not logged ({err})")
         for key, value in tags.items():
             self.writes.set_tag(run_id, key, value)
         self.writes.set_terminated(run_id, status=run_status)

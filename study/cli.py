@@ -37,7 +37,7 @@ from typing import Any
 
 from flairseg.errors import ArgumentParser, ConfigError, FlairsegError
 from flairseg.train import write_json
-from study import invocation, ledger, outbox, register, results, secrets
+from study import confirming, invocation, ledger, outbox, register, results, secrets
 from study.console import banner, headline, list_searches, print_summary, quiet
 from study.plan import Plan, make_plan, open_tracking, with_data
 from study.tuner import (
@@ -125,6 +125,25 @@ def add_budget_flags(p: argparse.ArgumentParser) -> None:
         "(overrides the search file's cv: {folds: K})",
     )
     p.add_argument("--concurrency", type=int, help="trials running at once")
+    p.add_argument(
+        "--confirm",
+        type=int,
+        metavar="K",
+        help="retrain the top K configurations to the full budget (folds, or seeds) and "
+        "compare them paired (default: the search file's confirm:, else 3)",
+    )
+    p.add_argument(
+        "--no-confirm",
+        action="store_true",
+        help="no confirmation stage: the answer is the search's best, unconfirmed",
+    )
+    p.add_argument(
+        "--decisions",
+        choices=("fixed", "arrival"),
+        help="fixed (default): Optuna's proposals and ASHA's stops follow the trials' order, "
+        "so the same command gives the same answer; arrival: as results arrive (no waiting, "
+        "not reproducible)",
+    )
     p.add_argument("--cpus-per-trial", type=float, help="CPUs (and torch threads) per trial")
     p.add_argument(
         "--gpus-per-trial",
@@ -143,6 +162,10 @@ def check_args(args: argparse.Namespace) -> None:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise ConfigError(f"--{flag.replace('_', '-')} {value}: must be at least 1")
+    if args.confirm is not None and args.no_confirm:
+        raise ConfigError("--no-confirm: not with --confirm K")
+    if args.confirm is not None and args.confirm < 1:
+        raise ConfigError(f"--confirm {args.confirm}: must be at least 1 (or --no-confirm)")
     if args.folds is not None and args.folds < 2:
         raise ConfigError(f"--folds {args.folds}: must be at least 2")
     if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
@@ -227,6 +250,8 @@ def run_trials(opened: invocation.Opened, storage: Any) -> tuple[str, bool] | in
         seed=plan.seed + len(opened.study.trials),
         resume=plan.resume,
         speed=plan.speed,
+        first_trial=opened.record.first_trial,
+        study_seed=opened.record.seed,
     )
     tuner, gpus = make_tuner(job)
     banner(opened, gpus)
@@ -236,8 +261,14 @@ def run_trials(opened: invocation.Opened, storage: Any) -> tuple[str, bool] | in
     if stopped or not invocation.all_trials_ended(opened):
         invocation.mark_interrupted(opened)
         return EXIT_INTERRUPTED
+    confirmed = confirming.run(opened, gpus)  # the finalists retrained and compared
+    if not mlflow_caught_up(opened):
+        return EXIT_MLFLOW_AWAY
+    if confirmed == "interrupted":
+        invocation.mark_interrupted(opened)
+        return EXIT_INTERRUPTED
     invocation.close_strays(opened)
-    summary = results.summarise(opened, seconds, scoring_device(gpus))
+    summary = results.summarise(opened, seconds, scoring_device(gpus), confirmed)
     if results.succeeded(summary):
         summary["registry"] = register.after_study(opened)
     line = print_summary(summary, seconds, plan.mlflow_uri, plan.experiment)

@@ -229,17 +229,39 @@ def print_summary(summary: dict[str, Any], seconds: float, uri: str, experiment:
             first = single_key("test_iou") if part == single_key("test") else f"{part}_iou"
             if first in summary:
                 print(f"  {label}:\n    " + _scores(summary, part))
+    print("  " + "\n  ".join(answer_lines(summary)))
     if summary.get("registry"):
         print(f"  model registry: {summary['registry']}")
     print(f"  MLflow: {mlflow_hint(uri, experiment)}")
     value = summary.get(summary["objective"], float("nan"))
-    line = f"best of the study: {summary['objective']} {value:.4f} (trial #{summary['best_trial']}"
+    which = "confirmed best" if summary.get("best_confirmed") else "best (unconfirmed)"
+    line = (
+        f"{which} of the study: {summary['objective']} {value:.4f} (trial #{summary['best_trial']}"
+    )
     line += f", {where})"
     if "test_iou" in summary:
         line += f", test iou {summary['test_iou']:.4f}"
         if folds:
             line += f" (ensemble of {folds} folds)"
     return f"{line}; {mine}"
+
+
+def answer_lines(summary: dict[str, Any]) -> list[str]:
+    """How sure the answer is: the confirmed winner against each other finalist, or a
+    plain word that it is unconfirmed."""
+    from study import compare
+
+    made = summary.get("confirmation")
+    if not made or made.get("winner") is None:
+        return [
+            "answer unconfirmed: the search's best, as ASHA and one "
+            + ("set of folds" if summary.get("folds") else "seed")
+            + " saw it (confirmation off, or no finalist confirmed)"
+        ]
+    lines = compare.lines(made)
+    if made.get("left_out"):
+        lines.append(f"  left out (a confirmation trial failed): {made['left_out']}")
+    return lines
 
 
 def _invocation_counts(summary: dict[str, Any], seconds: float) -> str:

@@ -28,6 +28,7 @@ from flairseg.errors import ConfigError
 from flairseg.folds import split_of
 from study import datasets, ledger, outbox, schema, secrets, tracking
 from study import search as searches
+from study.ordered import next_number
 from study.plan import Plan, load_data
 from study.schema import Artifact, Param, Role, Status, Tag
 from study.tuner import pack_gpus, start_ray
@@ -176,6 +177,7 @@ def start(
         return None
     for point in points:
         study.enqueue_trial(point, skip_if_exists=True)
+    first_trial, _ = next_number(study)
     records = ledger.invocations(study)
     number = records[-1].number + 1 if records else 1
     path = f"{plan.results_root}/{plan.study_name}/run-{number}"
@@ -187,7 +189,7 @@ def start(
     parent_id = parent.info.run_id
     try:
         datasets.log(client, parent_id, datasets.specs(data_dir, data, search.folds))
-        return _record(study, client, plan, trials, number, path, parent_id, data_dir)
+        return _record(study, client, plan, trials, number, path, parent_id, data_dir, first_trial)
     except BaseException as err:  # no record names the parent yet: it ends here
         with contextlib.suppress(Exception):
             _end_parent(client, parent_id, err)
@@ -203,6 +205,7 @@ def _record(
     path: str,
     parent_id: str,
     data_dir: Path,
+    first_trial: int,
 ) -> ledger.Invocation:
     """The new parent run's params and search, and the invocation's record in the ledger."""
     from mlflow.entities import Param as MlflowParam
@@ -228,6 +231,7 @@ def _record(
         seed=plan.seed,
         mlflow_uri=plan.mlflow_uri,
         experiment=plan.experiment,
+        first_trial=first_trial,
     )
     ledger.start(study, record)
     return record
@@ -293,15 +297,17 @@ def _parent_params(plan: Plan, trials: int) -> dict[str, Any]:
         Param.PROFILE: plan.profile,
         Param.FAST_PATH: plan.speed.fast,
         Param.COMPILE: plan.speed.compile,
+        Param.DECISIONS: search.decisions,
     } | ({Param.FOLDS: search.folds} if search.folds else {})
 
 
-def trial_logger(opened: Opened) -> Any:
-    """The Tune callback that logs each trial as a child of the invocation's parent run."""
+def trial_logger(opened: Opened, kind: Any = None, **extra: Any) -> Any:
+    """The Tune callback that logs each trial as a child of the invocation's parent run
+    (`kind`: a subclass of StudyCallback, given `extra`)."""
     from study.callbacks import StudyCallback
 
     plan = opened.plan
-    return StudyCallback(
+    settings = dict(
         uri=plan.mlflow_uri,
         experiment_id=plan.experiment_id,
         parent_id=opened.parent_id,
@@ -317,6 +323,7 @@ def trial_logger(opened: Opened) -> Any:
         datasets=datasets.specs(opened.data_dir, opened.data, plan.search.folds),
         study_best=getattr(ledger.best_trial(opened.study), "value", None),
     )
+    return (kind or StudyCallback)(**(settings | extra))
 
 
 def all_trials_ended(opened: Opened) -> bool:

@@ -50,6 +50,7 @@ class Invocation:
     seed: int
     mlflow_uri: str = ""  # where its runs are: a --resume logs there again
     experiment: str = ""
+    first_trial: int = 0  # its first Optuna trial number: the order decisions follow
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

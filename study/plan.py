@@ -43,6 +43,8 @@ OVERRIDE_FLAGS = {
     "image_size": "image_size",
     "epoch_scale": "epoch_scale",
     "folds": "folds",
+    "decisions": "decisions",
+    "confirm": "confirm",
 }
 MAX_STUDY_NAME = 100  # it names a folder, STUDY/run-N under --storage
 MAX_EXPERIMENT_NAME = 500  # MLflow's own limit
@@ -259,11 +261,14 @@ def resolve_profile(profile: str, address: str | None) -> str:
 
 def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
     """The search settings the flags override (flags left unset keep the file's values)."""
-    return {
+    found = {
         key: getattr(args, flag)
         for flag, key in OVERRIDE_FLAGS.items()
-        if getattr(args, flag) is not None
+        if getattr(args, flag, None) is not None
     }
+    if getattr(args, "no_confirm", False):
+        found["confirm"] = 0
+    return found
 
 
 def to_generate(data: str | None) -> bool:

@@ -32,7 +32,9 @@ if TYPE_CHECKING:
     from study.invocation import Opened
 
 
-def summarise(opened: Opened, seconds: float, device: torch.device) -> dict[str, Any]:
+def summarise(
+    opened: Opened, seconds: float, device: torch.device, confirmed: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Counts from the invocation's MLflow children; the study's best trial scored on test.
 
     The summary goes on the parent run as summary.json, and is what --json writes.
@@ -51,7 +53,8 @@ def summarise(opened: Opened, seconds: float, device: torch.device) -> dict[str,
         "objective": plan.search.metric,
         "study_trials": len(opened.study.trials),
     }
-    summary.update(score_best(opened, trial_runs, device))
+    summary.update(score_best(opened, trial_runs, device, confirmed))
+    summary["confirmation"] = confirmed  # None: the study's answer is unconfirmed
     summary["seconds"] = round(seconds, 1)
     summary["invocation"] = opened.record.number
     summary["data"] = str(opened.data_dir)
@@ -92,36 +95,53 @@ def count_trials(runs: list) -> dict[str, Any]:
     }
 
 
-def score_best(opened: Opened, trial_runs: list, device: torch.device) -> dict[str, Any]:
-    """The study's best trial, scored on val and test and logged on the parent run; then
-    each group's best on test. Empty when no trial completed or left a checkpoint."""
+def score_best(
+    opened: Opened, trial_runs: list, device: torch.device, confirmed: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The study's answer, scored on val and test and logged on the parent run: the
+    confirmed winner (its models as the confirmation trained them) or, unconfirmed, the
+    search's best trial; then each group's best on test. Empty when no trial completed
+    or left a checkpoint."""
     study, plan, c = opened.study, opened.plan, opened.client
-    best = ledger.best_trial(study)  # COMPLETE, or stopped by ASHA (PRUNED): its last value
-    if best is None:
+    winner = confirmed_winner(confirmed)
+    if winner is not None:
+        number, where = int(winner["trial"]), winner["checkpoint"]
+    else:
+        best = ledger.best_trial(study)  # COMPLETE, or stopped by ASHA (PRUNED): its last value
+        number, where = (best.number, None) if best is not None else (None, None)
+    if number is None:
         return {}
-    runs = [r for r in trial_runs if r.data.tags.get(Tag.OPTUNA_TRIAL) == str(best.number)]
-    if not runs or Tag.CHECKPOINT not in runs[0].data.tags:
+    runs = [r for r in trial_runs if r.data.tags.get(Tag.OPTUNA_TRIAL) == str(number)]
+    if not runs or (where is None and Tag.CHECKPOINT not in runs[0].data.tags):
         return {}
     run = runs[0]
     config, ckpt, scores = score_checkpoint(
-        run.data.tags[Tag.CHECKPOINT], opened.data, c, opened.parent_id, device, plan.speed
+        where or run.data.tags[Tag.CHECKPOINT], opened.data, c, opened.parent_id, device, plan.speed
     )
     found = {
-        "best_trial": best.number,
+        "best_trial": number,
         "best_run": run.info.run_id,
         "best_name": run.info.run_name,
         "best_this_invocation": run.data.tags.get(Tag.PARENT) == opened.parent_id,
         "best_epochs": int(ckpt["epoch"]),
+        "best_confirmed": winner is not None,
         "best_config": config.to_dict(),
         **{k: round(v, 6) for k, v in scores.items()},
     }
     tracking.log_metrics(c, opened.parent_id, scores)
     tracking.log_json(c, opened.parent_id, config.to_dict(), Artifact.BEST_CONFIG)
-    c.set_tag(opened.parent_id, Tag.BEST_TRIAL, str(best.number))
+    c.set_tag(opened.parent_id, Tag.BEST_TRIAL, str(number))
     c.set_tag(opened.parent_id, Tag.BEST_RUN, run.info.run_id)
     if opened.data.test is not None:
         score_group_bests(c, trial_runs, plan.search, opened.data, device, plan.speed)
     return found
+
+
+def confirmed_winner(confirmed: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The winning finalist of a confirmation record, None when there is none."""
+    if not confirmed or confirmed.get("winner") is None:
+        return None
+    return next((f for f in confirmed["finalists"] if f["trial"] == confirmed["winner"]), None)
 
 
 def succeeded(summary: dict[str, Any]) -> bool:

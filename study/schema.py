@@ -67,6 +67,10 @@ class Tag:
     ERROR = "error"  # a failed trial's last traceback line
     TEST_SCORED = "test_scored"  # set on each model x loss group's best once scored on test
     FOLDS = "folds"  # K, on the parent and trial runs of a cross-validated study
+    CONFIRMS = "confirms"  # a confirmation run: the Optuna number of the trial it retrains
+    REPLICA = "replica"  # a confirmation run: its seed index (0..R-1), 0 with folds
+    CONFIRMED = "confirmed"  # the parent: "true" (finalists confirmed) or "false" (--no-confirm)
+    ANSWER = "answer"  # the parent: the confirmed winner against the runner-up, in words
 
 
 # MLflow 3's experiment kind: a study's experiment holds training runs, not GenAI traces, so
@@ -79,6 +83,7 @@ class Role:
 
     STUDY = "study"
     TRIAL = "trial"
+    CONFIRMATION = "confirmation"  # a finalist retrained to the full budget (study.confirm)
 
 
 class Status:
@@ -107,6 +112,7 @@ class Param:
     PROFILE = "profile"
     FAST_PATH = "fast_path"
     COMPILE = "compile"
+    DECISIONS = "decisions"  # fixed (in the trials' order) or arrival
     FOLDS = "folds"  # a cross-validated study's K (absent otherwise)
     SAMPLED_PREFIX = "sampled."  # on a trial: `sampled.NAME`, the value Optuna proposed
 
@@ -122,6 +128,7 @@ class Artifact:
     SUMMARY = "summary.json"
     REPORT = "report.html"
     IMPORTANCE = "importance.json"  # the parent run: what mattered (study.importance)
+    COMPARISON = "comparison.json"  # the parent run: the confirmed finalists compared paired
 
 
 # Metric keys (DESIGN.md), the same in callbacks, Tune results, MLflow and JSON.

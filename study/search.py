@@ -20,6 +20,10 @@ A search file holds data, not code:
     asha: {max_epochs: 40, grace_period: 5, reduction_factor: 3}   # or `asha: false`
     cv: {folds: 4}                                # each trial: patient 4-fold cross-validation,
                                                   # ranked and stopped on the fold mean
+    decisions: fixed                              # proposals and ASHA's stops in the trials'
+                                                  # order (the default), or `arrival`
+    confirm: {finalists: 3, seeds: 3}             # the top 3 retrained to the full budget (folds,
+                                                  # or 3 seeds) and compared paired; or false
     concurrency: 2
     resources: {cpus: 1, gpus: auto}              # per trial; auto: 1 if CUDA is visible
     sampler: {startup_trials: 5}                  # random trials before TPE takes over
@@ -55,7 +59,9 @@ from study.search_checks import (
     check_count,
     is_number,
     parse_asha,
+    parse_confirm,
     parse_cv,
+    parse_decisions,
     parse_fixed,
     parse_objective,
     parse_resources,
@@ -218,6 +224,7 @@ def parse(
     grid, dims, points = parse_runs(data, where)
     epoch_scale, trials, concurrency = parse_counts(data, overrides, where, len(grid))
     cpus, gpus = parse_resources(data.get("resources") or {}, overrides, where)
+    confirm, confirm_seeds = parse_confirm(data.get("confirm"), where, overrides.get("confirm"))
     search = Search(
         name=name,
         source=source,
@@ -237,6 +244,9 @@ def parse(
         gpus=gpus,
         startup_trials=parse_sampler(data.get("sampler") or {}, where),
         folds=parse_cv(data.get("cv"), where, overrides.get("folds")),
+        decisions=parse_decisions(data, overrides, where),
+        confirm=confirm,
+        confirm_seeds=confirm_seeds,
         raw={**data, "name": name},
     )
     check_buildable(search, where)

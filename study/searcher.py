@@ -24,7 +24,7 @@ from typing import Any
 from ray.air.constants import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
-from study import adapters, schema
+from study import adapters, ordered, schema
 
 # Optuna warns and keeps the first value when a step comes twice (the last epoch, passed on
 # again at the end; the epochs a trial adopted on --resume trains again)
@@ -32,9 +32,17 @@ _SAME_STEP = "The reported value is ignored because this"
 
 
 class StudySearch(OptunaSearch):
-    def __init__(self, *args: Any, experiment_path: str, **kwargs: Any) -> None:
+    """`referee`: the name of the invocation's referee (study.referee) when decisions
+    follow the trials' order; the sampler is then an `ordered.OrderedSampler`, and a
+    proposal waits (None: Tune asks again) until the trials it may see have ended."""
+
+    def __init__(
+        self, *args: Any, experiment_path: str, referee: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._experiment_path = experiment_path
+        self._referee = referee
+        self._waits = 0  # proposals answered "not yet"
 
     def suggest(self, trial_id: str) -> dict | None:
         resume_from = None
@@ -44,10 +52,29 @@ class StudySearch(OptunaSearch):
             if orphan is not None:
                 trials[trial_id] = orphan
                 resume_from = latest_checkpoint(self._experiment_path, orphan.number)
+            elif not self._may_propose():
+                self._waits += 1
+                return None
         config = super().suggest(trial_id)
         if config is not None and resume_from is not None:
             config["resume_from"] = resume_from
+        if config is not None and self._referee is not None:
+            import ray
+
+            from study import referee
+
+            # before the trial starts: an earlier trial is always known to the referee
+            ray.get(referee.handle_named(self._referee).register.remote(trials[trial_id].number))
         return config
+
+    def _may_propose(self) -> bool:
+        """In a fixed order, whether the next trial's view is complete (its trials ended)."""
+        sampler = self._sampler
+        if not isinstance(sampler, ordered.OrderedSampler) or sampler.fixed_only:
+            return True
+        study = adapters.searcher_study(self)
+        number, _ = ordered.next_number(study)
+        return ordered.ready(study, number, sampler.first, sampler.lag)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """The epoch's objective as an intermediate value, at step = the epoch (Tune's own
@@ -76,6 +103,15 @@ class StudySearch(OptunaSearch):
                 result = None  # Ray's OptunaSearch tells a trial without a value PRUNED,
                 # and Optuna gives a pruned trial its last intermediate value
         super().on_trial_complete(trial_id, result=result, error=error)
+        if self._referee is not None and trial_id in adapters.searcher_trials(self):
+            from study import referee
+
+            number = adapters.searcher_trials(self)[trial_id].number
+            study = adapters.searcher_study(self)
+            frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+            referee.handle_named(self._referee).ended.remote(
+                number, dict(frozen.intermediate_values)
+            )
 
     def _orphan(self):
         import optuna

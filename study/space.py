@@ -134,6 +134,9 @@ class Search:
     startup_trials: int
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
     folds: int | None = None  # K-fold cross-validated trials (cv: {folds: K}); None: one split
+    decisions: str = "fixed"  # fixed: in the trials' order (study.ordered); arrival: as they come
+    confirm: int = 3  # finalists the confirmation stage retrains (study.confirm); 0: none
+    confirm_seeds: int = 3  # seeds each finalist is retrained with when not cross-validated
 
     # -- the space Optuna samples (define-by-run, so branches stay conditional) --
 

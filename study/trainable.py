@@ -12,7 +12,9 @@ how an interrupted study resumes the trial where it stopped.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from ray import tune
 
 from flairseg.config import TrainConfig
 from flairseg.cv import FoldsReport, train_folds
-from flairseg.dataset import Dataset
+from flairseg.dataset import Dataset, Part
 from flairseg.engine import FAST, EpochReport, Speed, load_checkpoint, train
 from flairseg.errors import keep_private
 from flairseg.evolution import (
@@ -33,6 +35,12 @@ from flairseg.evolution import (
     save_epoch,
 )
 from flairseg.folds import make_folds
+from flairseg.patients import patient_scores
+from study import referee
+from study.referee import Rungs
+
+PATIENTS_FILE = "patients.json"  # in a confirmation's last checkpoint: {patient: scores}
+SLOW_TRIAL = "FLAIRSEG_TEST_SLOW_TRIAL"  # tests only: "N:SECONDS" slows trial N's every epoch
 
 
 def run_trial(
@@ -41,6 +49,8 @@ def run_trial(
     threads: int = 1,
     speed: Speed = FAST,
     folds: int | None = None,
+    rungs: Rungs | None = None,
+    patients: bool = False,
 ) -> None:
     """The Tune function trainable (kept in the installed package so workers can import it).
 
@@ -75,18 +85,79 @@ def run_trial(
     # after a resume, the first report carries the epochs before it: a driver killed
     # between a checkpoint and its MLflow write logs them from here (see callbacks)
     backfill = {"resumed_history": json.dumps(resume["history"])} if resume else {}
+    number = int(config.get("optuna_trial", -1))
+    if resume and rungs is not None and stopped_on_resume(rungs, number, resume, train_config):
+        return
+    slow = _slowdown(number)
 
-    def on_epoch(report: EpochReport | FoldsReport) -> None:
+    def on_epoch(report: EpochReport | FoldsReport) -> bool:
+        time.sleep(slow)
         with tempfile.TemporaryDirectory(prefix="flairseg-ckpt-") as folder:
             save_epoch(report, evolution, evolution_inputs, folder)
+            if patients and report.epoch >= train_config.epochs:
+                scores = scores_by_patient(
+                    report, [d.val for d in fold_data[1]] if fold_data else [data.val]
+                )
+                (Path(folder) / PATIENTS_FILE).write_text(json.dumps(scores, sort_keys=True))
             tune.report(
                 {**report.metrics, "planned_epochs": train_config.epochs, **backfill},
                 checkpoint=tune.Checkpoint.from_directory(folder),
             )
         backfill.clear()
+        if rungs is None or report.epoch not in rungs.epochs or report.epoch >= train_config.epochs:
+            return False
+        value = float(report.metrics[rungs.metric])
+        return referee.ask(rungs.referee, number, report.epoch, value)
 
     if fold_data is None:
         train(train_config, data, on_epoch=on_epoch, resume=resume, speed=speed)
     else:
         plan, datasets = fold_data
         train_folds(train_config, plan, datasets, on_epoch=on_epoch, resume=resume, speed=speed)
+
+
+def run_confirmation(
+    config: dict[str, Any],
+    data: Dataset,
+    cases: list[dict[str, Any]],
+    threads: int = 1,
+    speed: Speed = FAST,
+    folds: int | None = None,
+) -> None:
+    """A confirmation trial (study.confirm): case `config["case"]` trained to its full
+    budget, no early stopping, its val patients scored in its last checkpoint."""
+    case = cases[int(config["case"])]
+    run_trial(case, data, threads=threads, speed=speed, folds=folds, patients=True)
+
+
+def stopped_on_resume(
+    rungs: Rungs, number: int, resume: dict[str, Any], config: TrainConfig
+) -> bool:
+    """A trial resumed from its checkpoint tells the referee its rung values again, and
+    learns the decision it may have been waiting for when its driver stopped."""
+    values = {int(m["epoch"]): float(m[rungs.metric]) for m in resume.get("history", [])}
+    referee.record(rungs.referee, number, values)
+    epoch = int(resume.get("epoch", 0))
+    if epoch in rungs.epochs and epoch < config.epochs and epoch in values:
+        return referee.ask(rungs.referee, number, epoch, values[epoch])
+    return False
+
+
+def _slowdown(number: int) -> float:
+    """Seconds to sleep before each epoch's report: a test slows one trial on purpose to
+    show that timing changes no decision (`SLOW_TRIAL`); 0 otherwise."""
+    trial, _, seconds = os.environ.get(SLOW_TRIAL, "").partition(":")
+    if trial.strip().isdigit() and int(trial) == number:
+        return float(seconds or 0)
+    return 0.0
+
+
+def scores_by_patient(
+    report: EpochReport | FoldsReport, vals: list[Part]
+) -> dict[str, dict[str, float]]:
+    """Each val patient's scores; with folds, fold k's model on fold k's val patients."""
+    models = report.folds if isinstance(report, FoldsReport) else [report]
+    scores: dict[str, dict[str, float]] = {}
+    for model, val in zip(models, vals, strict=True):
+        scores.update(patient_scores(model.predict, val))
+    return scores

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import signal
@@ -50,6 +51,22 @@ class TuneJob:
     seed: int  # the sampler's seed
     resume: bool  # restore the Tune state at `path` instead of starting afresh
     speed: Speed = FAST
+    first_trial: int = 0  # the invocation's first Optuna trial number
+    study_seed: int = 0  # the seed the study was started with: ordered proposals derive theirs
+
+    @property
+    def ordered(self) -> bool:
+        """Decisions follow the trials' order (study.ordered, study.referee), not arrival."""
+        return self.search.decisions == "fixed"
+
+    @property
+    def referee(self) -> str | None:
+        """The referee actor's name when ASHA decides in the trials' order."""
+        if not self.ordered or not self.search.asha.enabled:
+            return None
+        from study.referee import actor_name
+
+        return actor_name(self.path)
 
 
 _SIGINTS: list[float] = []  # when this driver got a Ctrl+C, while `latched_interrupts` holds
@@ -222,6 +239,7 @@ def make_tuner(job: TuneJob) -> tuple[Any, float]:
     from ray import tune
 
     gpus = gpus_per_trial(job.search)
+    _start_referee(job)
     trainable = _trainable(job, gpus)
     if job.resume:
         return tune.Tuner.restore(job.path, trainable=trainable, resume_unfinished=True), gpus
@@ -251,13 +269,33 @@ def make_tuner(job: TuneJob) -> tuple[Any, float]:
     return tuner, gpus
 
 
+def _start_referee(job: TuneJob) -> None:
+    """The invocation's referee (study.referee); on a resume, told what Optuna holds."""
+    if job.referee is None:
+        return
+    import optuna
+
+    from study import referee
+
+    actor = referee.start(job.path, job.search.metric, job.search.mode, job.search.asha)
+    if job.resume:
+        study = optuna.load_study(study_name=job.study_name, storage=job.storage)
+        referee.seed(actor, study, job.first_trial)
+
+
 def _trainable(job: TuneJob, gpus: float) -> Any:
     """The trial function with the data bound and its CPU/GPU share declared."""
     from ray import tune
 
+    from study.referee import Rungs, milestones
     from study.trainable import run_trial
 
     search = job.search
+    rungs = None
+    if job.referee is not None:
+        asha = search.asha
+        every = milestones(asha.max_epochs, asha.grace_period, asha.reduction_factor)
+        rungs = Rungs(job.referee, search.metric, tuple(every))
     return tune.with_resources(
         tune.with_parameters(
             run_trial,
@@ -265,6 +303,7 @@ def _trainable(job: TuneJob, gpus: float) -> Any:
             threads=max(1, int(search.cpus)),
             speed=job.speed,
             folds=search.folds,
+            rungs=rungs,
         ),
         {"cpu": search.cpus, "gpu": gpus},
     )
@@ -274,6 +313,7 @@ def _searcher(job: TuneJob) -> Any:
     """Seeded TPE over the study's Optuna storage, so every invocation sees the earlier ones."""
     import optuna
 
+    from study.ordered import OrderedSampler
     from study.searcher import StudySearch
 
     search = job.search
@@ -281,14 +321,19 @@ def _searcher(job: TuneJob) -> Any:
     # multivariate/group TPE are marked experimental; they are what conditional spaces need
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     conditional = any(d.model or d.when for d in search.dims)
-    sampler = optuna.samplers.TPESampler(
-        seed=job.seed,
-        n_startup_trials=search.startup_trials,
-        multivariate=conditional,
-        group=conditional,
-    )
+    make = functools.partial(_tpe, startup=search.startup_trials, conditional=conditional)
+    sampler = make(job.seed)
+    if job.ordered:
+        sampler = OrderedSampler(
+            make,
+            seed=job.study_seed,
+            first=job.first_trial,
+            lag=search.concurrency,
+            fixed_only=bool(search.grid),
+        )
     return StudySearch(
         experiment_path=job.path,
+        referee=job.referee,
         space=search,
         metric=search.metric,
         mode=search.mode,
@@ -298,11 +343,21 @@ def _searcher(job: TuneJob) -> Any:
     )
 
 
+def _tpe(seed: int, startup: int, conditional: bool) -> Any:
+    """Seeded TPE; multivariate and grouped where the space has conditional branches."""
+    import optuna
+
+    return optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=startup, multivariate=conditional, group=conditional
+    )
+
+
 def _scheduler(search: searches.Search) -> Any:
-    """ASHA on the epoch counter, or first-in-first-out when the search turns it off."""
+    """ASHA on the epoch counter, or first-in-first-out when the search turns it off or the
+    referee takes ASHA's decisions in the trials' order (study.referee)."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    if not search.asha.enabled:
+    if not search.asha.enabled or search.decisions == "fixed":
         return FIFOScheduler()
     return ASHAScheduler(
         time_attr="epoch",

@@ -1,0 +1,169 @@
+"""Running the confirmation stage (study.confirm) as Ray Tune trials, and logging its answer.
+
+The finalists' retraining is a Tune run of its own beside the search's (`STUDY/run-N-confirm`):
+parallel, placed on GPUs like any trial, resumable after a kill (`--resume` restores it),
+each trial a child run of the invocation's parent in MLflow with role `confirmation` and
+the tag `confirms` = the search trial it retrains. No ASHA: every finalist runs its full
+budget. Its answer (study.compare's record) goes on the parent run as `comparison.json`,
+with the winner's confirmed objective as `confirmed_<objective>` and the tag `answer`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from study import confirm, tracking
+from study.callbacks import StudyCallback, say
+from study.schema import Artifact, Role, Tag
+from study.tuner import fit
+
+
+class ConfirmCallback(StudyCallback):
+    """The search's callback for confirmation trials: runs keyed by (trial, replica)."""
+
+    role = Role.CONFIRMATION
+
+    def __init__(self, *args: Any, cases: list[dict[str, Any]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cases = cases
+
+    def config_of(self, trial) -> dict[str, Any]:
+        return self.cases[int(trial.config["case"])]
+
+    def key_of(self, trial) -> Any:
+        case = self.config_of(trial)
+        return f"{case['optuna_trial']}.{case['replica']}"
+
+    def key_of_run(self, run) -> Any:
+        tags = run.data.tags
+        if tags.get(Tag.PARENT) != self.parent_id:
+            return None  # another invocation's confirmation
+        return f"{tags.get(Tag.CONFIRMS)}.{tags.get(Tag.REPLICA)}"
+
+    def identity_tags(self, trial) -> dict[str, str]:
+        case = self.config_of(trial)
+        return {Tag.CONFIRMS: str(case["optuna_trial"]), Tag.REPLICA: str(case["replica"])}
+
+    def _label(self, trial) -> str:
+        case = self.config_of(trial)
+        how = f"{self.folds} folds" if self.folds else f"seed {case['flairseg']['seed']}"
+        return f"confirm #{case['optuna_trial']} ({how})"
+
+
+def path_of(search_path: str) -> str:
+    return f"{search_path}-confirm"
+
+
+def run(opened: Any, gpus: float) -> dict[str, Any] | None | str:
+    """The confirmation stage of an invocation whose search ended: its record, None when
+    the study does not confirm (said, and tagged), "interrupted" when a Ctrl+C stopped it."""
+    plan = opened.plan
+    search = plan.search
+    c = opened.client
+    if search.confirm == 0:
+        c.set_tag(opened.parent_id, Tag.CONFIRMED, "false")
+        return None
+    finalists = confirm.choose(opened.study, search, search.confirm)
+    if not finalists:
+        return None
+    cases = confirm.cases(finalists, search)
+    how = f"its {search.folds} folds" if search.folds else f"{search.confirm_seeds} seeds"
+    say(
+        f"confirming the top {len(finalists)} of the study, each to its full budget with {how} "
+        f"({len(cases)} trials, no early stopping):"
+    )
+    for f in finalists:
+        say(
+            f"  {f.label}: {plan.search.metric} {f.value:.4f} at epoch {f.rung} of "
+            f"{f.config['epochs']} (standing {f.standing:.2f} among the trials there)"
+        )
+    from study.invocation import trial_logger
+
+    callback = trial_logger(opened, ConfirmCallback, total=len(cases), cases=cases)
+    tuner = _tuner(opened, cases, callback, gpus)
+    started = time.monotonic()
+    _, stopped = fit(tuner)
+    if stopped:
+        return "interrupted"
+    results = _results(tuner, cases)
+    if len(results) < len(cases):
+        return "interrupted"
+    made = confirm.record(finalists, results, search)
+    made["seconds"] = round(time.monotonic() - started, 1)
+    _log(opened, made)
+    return made
+
+
+def _tuner(opened: Any, cases: list[dict[str, Any]], callback: Any, gpus: float) -> Any:
+    from ray import tune
+
+    from study.trainable import run_confirmation
+
+    search = opened.plan.search
+    path = path_of(opened.record.path)
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            run_confirmation,
+            data=opened.data,
+            cases=cases,
+            threads=max(1, int(search.cpus)),
+            speed=opened.plan.speed,
+            folds=search.folds,
+        ),
+        {"cpu": search.cpus, "gpu": gpus},
+    )
+    if tune.Tuner.can_restore(path):
+        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True)
+    storage_path, name = path.rsplit("/", 1)
+    return tune.Tuner(
+        trainable,
+        param_space={"case": tune.grid_search(list(range(len(cases))))},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=search.concurrency,
+            reuse_actors=True,
+            trial_dirname_creator=lambda t: f"confirm-{int(t.config['case']):03d}-{t.trial_id}",
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            callbacks=[callback],
+            verbose=0,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
+    )
+
+
+def _results(tuner: Any, cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each ended confirmation trial: its case, last metrics, checkpoint and patients."""
+    out = []
+    for result in tuner.get_results():
+        case = int(result.config["case"])
+        ok = result.error is None and result.checkpoint is not None
+        patients = None
+        if ok:
+            with result.checkpoint.as_directory() as folder:
+                patients = confirm.read_patients(folder)
+        out.append(
+            {
+                "optuna_trial": cases[case]["optuna_trial"],
+                "replica": cases[case]["replica"],
+                "metrics": dict(result.metrics or {}),
+                "checkpoint": result.checkpoint.path if ok else None,
+                "patients": patients,
+            }
+        )
+    return out
+
+
+def _log(opened: Any, made: dict[str, Any]) -> None:
+    """The record on the parent run: the artifact, the winner's metric, the answer tags."""
+    c, parent = opened.client, opened.parent_id
+    tracking.log_json(c, parent, made, Artifact.COMPARISON)
+    c.set_tag(parent, Tag.CONFIRMED, "true")
+    c.set_tag(parent, Tag.ANSWER, confirm.answer_line(made)[:5000])
+    winner = next((f for f in made["finalists"] if f["trial"] == made.get("winner")), None)
+    if winner is not None:
+        metric = opened.plan.search.metric
+        tracking.log_metrics(c, parent, {f"confirmed_{metric}": winner["objective"]})
