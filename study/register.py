@@ -57,6 +57,7 @@ class Best:
     fingerprint: str
     split: str
     folds: str
+    answer: str = ""  # the confirmed winner against the runner-up, in words (study.confirm)
 
     @property
     def key(self) -> str:
@@ -78,6 +79,8 @@ class Best:
         # `score` exact (repr): the next version is compared with it; the rest for people
         if self.folds:
             tags["folds"] = self.folds
+        if self.answer:
+            tags["answer"] = self.answer
         return {PREFIX + k: v[:5000] for k, v in tags.items()}
 
 
@@ -112,6 +115,7 @@ def best_of(c: Any, parent: Any) -> Best:
         fingerprint=tags.get(Tag.DATA_FINGERPRINT, ""),
         split=tags.get(Tag.SPLIT, ""),
         folds=tags.get(Tag.FOLDS, ""),
+        answer=tags.get(Tag.ANSWER, ""),
     )
 
 

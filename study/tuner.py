@@ -325,7 +325,9 @@ def _searcher(job: TuneJob) -> Any:
     sampler = make(job.seed)
     if job.ordered:
         sampler = OrderedSampler(
-            make,
+            # no constant liar: a view holds no running trial to lie about (and TPE would
+            # write its lie to the view's storage, which does not hold the trial)
+            functools.partial(make, liar=False),
             seed=job.study_seed,
             first=job.first_trial,
             lag=search.concurrency,
@@ -343,12 +345,16 @@ def _searcher(job: TuneJob) -> Any:
     )
 
 
-def _tpe(seed: int, startup: int, conditional: bool) -> Any:
+def _tpe(seed: int, startup: int, conditional: bool, liar: bool = True) -> Any:
     """Seeded TPE; multivariate and grouped where the space has conditional branches."""
     import optuna
 
     return optuna.samplers.TPESampler(
-        seed=seed, n_startup_trials=startup, multivariate=conditional, group=conditional
+        seed=seed,
+        n_startup_trials=startup,
+        multivariate=conditional,
+        group=conditional,
+        constant_liar=liar,
     )
 
 

@@ -61,6 +61,9 @@ class StudyEnv:
     root: Path
     data: Path
     fresh: bool = False
+    # the confirmation stage (study.confirm) retrains finalists: its own tests turn it on,
+    # the others study something else and run with --no-confirm unless they give --confirm
+    confirm: bool = False
 
     def _prefill(self) -> None:
         db = self.root / "mlflow.db"
@@ -90,6 +93,8 @@ class StudyEnv:
         ]
         if "--data" not in args and "--resume" not in args:
             base += ["--data", str(self.data)]
+        if not self.confirm and not {"--confirm", "--no-confirm", "--list"} & set(args):
+            base.append("--no-confirm")
         return base + list(args)
 
     def env(self) -> dict[str, str]:

@@ -1,0 +1,97 @@
+"""The same command gives the same answer: proposals and ASHA's stops follow the trials'
+order (study.ordered, study.referee), and the finalists are confirmed and compared paired
+(study.confirm), however the machine's load delays one trial or another."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+from scipy import stats
+from study_helpers import StudyEnv, write_search
+
+from study import compare
+from study.schema import Artifact, Role, Tag
+
+pytestmark = pytest.mark.slow
+
+# val_loss never ties, so ASHA (rungs at epochs 1 and 2) has real decisions to take; two
+# trials at a time, TPE from the third trial on
+ORDERED = """
+objective: {metric: val_loss, mode: min}
+fixed: {model: unet, loss: combo, image_size: 32, unet: {width: 8}}
+space:
+  alpha: {uniform: [0.0, 1.0]}
+  lr: {loguniform: [1.0e-4, 1.0e-2]}
+trials: 6
+asha: {max_epochs: 4, grace_period: 1, reduction_factor: 2}
+concurrency: 2
+sampler: {startup_trials: 2}
+confirm: {finalists: 2, seeds: 2}
+"""
+
+
+def _trials(env: StudyEnv, study: str) -> list[tuple]:
+    s = optuna.load_study(study_name=study, storage=env.optuna_url)
+    return [
+        (t.number, t.state.name, t.params, t.value, dict(t.intermediate_values))
+        for t in s.get_trials()
+    ]
+
+
+def _run(tmp_path: Path, phantom: Path, name: str, slow: str | None) -> tuple[StudyEnv, dict]:
+    env = StudyEnv(tmp_path / name, phantom, confirm=True)
+    search = write_search(tmp_path / "ordered.yaml", ORDERED)
+    out = tmp_path / f"{name}.json"
+    extra = {"FLAIRSEG_TEST_SLOW_TRIAL": slow}
+    result = env.run("--search", str(search), "--json", str(out), env_extra=extra)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return env, json.loads(out.read_text())
+
+
+def test_a_slowed_trial_changes_nothing_the_study_answers(
+    tmp_path: Path, phantom_dir: Path
+) -> None:
+    quick, first = _run(tmp_path, phantom_dir, "quick", None)
+    # trial 0 slowed before each epoch's report: trial 1 reaches every rung first and must
+    # wait for it; without the referee it would be judged alone and go on
+    slowed, second = _run(tmp_path, phantom_dir, "slowed", "0:3")
+    assert _trials(quick, "ordered") == _trials(slowed, "ordered")
+    assert first["stopped_at_epoch"] == second["stopped_at_epoch"]
+    assert first["trials"].get("stopped", 0) >= 1, first  # ASHA did decide something
+    assert first["best_trial"] == second["best_trial"]
+    assert first["confirmation"]["winner"] == second["confirmation"]["winner"]
+    assert first["confirmation"]["comparisons"] == second["confirmation"]["comparisons"]
+    assert first["val_loss"] == second["val_loss"]
+
+    # the comparison artifact holds every finalist's per-patient scores: its statistics
+    # are recomputed from them with scipy directly
+    runs = quick.runs("ordered")
+    (parent,) = [r for r in runs if r.data.tags.get(Tag.ROLE) == Role.STUDY]
+    assert parent.data.params["decisions"] == "fixed"
+    assert parent.data.tags[Tag.CONFIRMED] == "true"
+    record = json.loads(Path(quick.client().download_artifacts(
+        parent.info.run_id, Artifact.COMPARISON, str(tmp_path))).read_text())  # fmt: skip
+    assert record == first["confirmation"]
+    winner = next(f for f in record["finalists"] if f["trial"] == record["winner"])
+    for c in record["comparisons"]:
+        other = next(f for f in record["finalists"] if f["trial"] == c["trial"])
+        names = sorted(winner["patients"])
+        d = [winner["patients"][n][c["metric"]] - other["patients"][n][c["metric"]] for n in names]
+        assert c["mean_difference"] == pytest.approx(sum(d) / len(d), abs=1e-12)
+        if any(d):
+            assert c["p_value"] == pytest.approx(stats.wilcoxon(d).pvalue, abs=1e-12)
+    assert [p.to_dict() for p in compare.recompute(record)] == [
+        {k: v for k, v in c.items() if k != "trial"} for c in record["comparisons"]
+    ]
+    # each finalist retrained with 2 seeds, as child runs tagged with the trial they confirm
+    confirmations = [r for r in runs if r.data.tags.get(Tag.ROLE) == Role.CONFIRMATION]
+    assert len(confirmations) == 2 * len(record["finalists"])
+    assert {r.data.tags[Tag.CONFIRMS] for r in confirmations} == {
+        str(f["trial"]) for f in record["finalists"]
+    }
+    assert all(r.data.tags[Tag.PARENT] == parent.info.run_id for r in confirmations)
+    assert all(r.info.status == "FINISHED" for r in confirmations)
+    assert parent.data.tags[Tag.BEST_TRIAL] == str(record["winner"])
