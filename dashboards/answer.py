@@ -32,6 +32,7 @@ NONE = (
     "no comparison: the study's latest invocation logged no comparison.json (it ran before "
     "study.run confirmed its finalists, or it ended before they were compared)"
 )
+MODES = ("max", "min")
 OFFSET = 0.18  # each metric's row around its runner-up's, in the lower panel
 
 
@@ -45,8 +46,11 @@ def fig_answer(data: StudyData) -> go.Figure:
     finalists = record["finalists"]
     winner = next(f for f in finalists if f["trial"] == record["winner"])
     others = [f for f in finalists if f is not winner]
-    metrics = [m for m in record.get("metrics", []) if isinstance(m, str)] or list(NAMES)
-    level = f"{100 * _num(record.get('confidence'), 0.95):g} % CI"
+    found = record.get("metrics")
+    metrics = [m for m in found if isinstance(m, str)] if isinstance(found, list) else []
+    metrics = metrics or list(NAMES)
+    confidence = _num(record.get("confidence"), 0.95)
+    level = f"{100 * (confidence if 0 < confidence < 1 else 0.95):g} % CI"
     fig = make_subplots(
         rows=2,
         cols=1,
@@ -112,7 +116,7 @@ def runner_up(winner: dict, others: list[dict], mode: str) -> dict | None:
 def _patients(winner: dict, others: list[dict]) -> list[go.Scatter]:
     """One marker trace per finalist over the patients, the winner's drawn last (on top)."""
     names = {p for f in (winner, *others) for p in f["patients"]}
-    ranked = sorted(names, key=lambda p: (-(_score(winner, p) or -1e9), p))
+    ranked = sorted(names, key=lambda p: (-_num(_score(winner, p), -1e9), p))  # none last
     traces = []
     for i, f in enumerate([*others, winner]):
         won = f is winner
@@ -193,7 +197,7 @@ def _title(
 ) -> str:
     """The winner and its confirmed objective; below, its verdict against the runner-up."""
     first = f"{TITLE}. Winner: {_name(winner)}, {_confirmed(winner, record)}"
-    second = runner_up(winner, others, str(record.get("mode", mode)))
+    second = runner_up(winner, others, record["mode"] if record.get("mode") in MODES else mode)
     if second is None:
         return f"{first}<br><sup>the only finalist: nothing to compare it with</sup>"
     metric = metrics[0]

@@ -305,3 +305,28 @@ def _error_line(trial) -> str:
     for prefix in ("flairseg.engine.", "flairseg.errors.", "builtins."):
         last = last.replace(prefix, "")
     return last
+
+
+def for_invocation(opened: Any, kind: Any = None, **extra: Any) -> Any:
+    """The Tune callback that logs each trial as a child of the invocation's parent run
+    (`kind`: a subclass of StudyCallback, given `extra`)."""
+    from study import datasets, ledger
+
+    plan = opened.plan
+    settings = dict(
+        uri=plan.mlflow_uri,
+        experiment_id=plan.experiment_id,
+        parent_id=opened.parent_id,
+        study=plan.study_name,
+        search=plan.search.name,
+        fingerprint=opened.data.fingerprint,
+        metric=plan.search.metric,
+        mode=plan.search.mode,
+        total=opened.record.trials,
+        status_every=plan.status_every,
+        folds=plan.search.folds,
+        outbox_dir=str(outbox.folder_for(opened.record.path)),
+        datasets=datasets.specs(opened.data_dir, opened.data, plan.search.folds),
+        study_best=getattr(ledger.best_trial(opened.study), "value", None),
+    )
+    return (kind or StudyCallback)(**(settings | extra))

@@ -37,7 +37,7 @@ from typing import Any
 
 from flairseg.errors import ArgumentParser, ConfigError, FlairsegError
 from flairseg.train import write_json
-from study import confirming, invocation, ledger, outbox, register, results, secrets
+from study import invocation, ledger, outbox, register, results, secrets
 from study.console import banner, headline, list_searches, print_summary, quiet
 from study.plan import Plan, make_plan, open_tracking, with_data
 from study.tuner import (
@@ -237,6 +237,9 @@ def run_trials(opened: invocation.Opened, storage: Any) -> tuple[str, bool] | in
     """Fit, summarise, score, write --json and end the invocation: its summary line and
     whether a trial succeeded; the exit status when a Ctrl+C interrupted it or MLflow
     did not answer by the end (recorded, said)."""
+    from study import confirming  # Ray's Tune: imported once a study runs
+    from study.callbacks import for_invocation
+
     plan = opened.plan  # a --resume runs what its record holds
     job = TuneJob(
         search=plan.search,
@@ -244,7 +247,7 @@ def run_trials(opened: invocation.Opened, storage: Any) -> tuple[str, bool] | in
         study_name=plan.study_name,
         storage=storage,
         path=opened.record.path,
-        callback=invocation.trial_logger(opened),
+        callback=for_invocation(opened),
         trials=opened.record.trials,
         # the sampler's seed moves with the study's history, so an extension does not replay
         seed=plan.seed + len(opened.study.trials),

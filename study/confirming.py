@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from study import confirm, tracking
-from study.callbacks import StudyCallback, say
+from study.callbacks import StudyCallback, for_invocation, say
 from study.schema import Artifact, Role, Tag
 from study.tuner import fit
 
@@ -78,9 +78,7 @@ def run(opened: Any, gpus: float) -> dict[str, Any] | None | str:
             f"  {f.label}: {plan.search.metric} {f.value:.4f} at epoch {f.rung} of "
             f"{f.config['epochs']} (standing {f.standing:.2f} among the trials there)"
         )
-    from study.invocation import trial_logger
-
-    callback = trial_logger(opened, ConfirmCallback, total=len(cases), cases=cases)
+    callback = for_invocation(opened, ConfirmCallback, total=len(cases), cases=cases)
     tuner = _tuner(opened, cases, callback, gpus)
     started = time.monotonic()
     _, stopped = fit(tuner)

@@ -301,31 +301,6 @@ def _parent_params(plan: Plan, trials: int) -> dict[str, Any]:
     } | ({Param.FOLDS: search.folds} if search.folds else {})
 
 
-def trial_logger(opened: Opened, kind: Any = None, **extra: Any) -> Any:
-    """The Tune callback that logs each trial as a child of the invocation's parent run
-    (`kind`: a subclass of StudyCallback, given `extra`)."""
-    from study.callbacks import StudyCallback
-
-    plan = opened.plan
-    settings = dict(
-        uri=plan.mlflow_uri,
-        experiment_id=plan.experiment_id,
-        parent_id=opened.parent_id,
-        study=plan.study_name,
-        search=plan.search.name,
-        fingerprint=opened.data.fingerprint,
-        metric=plan.search.metric,
-        mode=plan.search.mode,
-        total=opened.record.trials,
-        status_every=plan.status_every,
-        folds=plan.search.folds,
-        outbox_dir=str(outbox.folder_for(opened.record.path)),
-        datasets=datasets.specs(opened.data_dir, opened.data, plan.search.folds),
-        study_best=getattr(ledger.best_trial(opened.study), "value", None),
-    )
-    return (kind or StudyCallback)(**(settings | extra))
-
-
 def all_trials_ended(opened: Opened) -> bool:
     """MLflow is the record: the invocation is done when each planned trial has ended."""
     plan = opened.plan

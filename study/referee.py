@@ -153,15 +153,23 @@ def actor_name(path: str) -> str:
 _HELD: dict[str, Any] = {}  # the driver's handles: Ray ends an actor that no handle holds
 
 
-def start(path: str, metric: str, mode: str, asha: Any) -> Any:
-    """The invocation's referee, a Ray actor that lives as long as the driver holds it."""
+def start(job: Any, resume_first: int | None = None) -> Any:
+    """The invocation's referee (`job`: a study.tuner.TuneJob), a Ray actor that lives as
+    long as the driver holds it; on a resume (`resume_first`: the invocation's first trial
+    number), told what Optuna holds."""
+    import optuna
     import ray
 
+    search = job.search
     actor = ray.remote(num_cpus=0, max_concurrency=1000)(Referee)
-    handle = actor.options(name=actor_name(path), get_if_exists=True).remote(
-        metric, mode, asha.max_epochs, asha.grace_period, asha.reduction_factor
+    asha = search.asha
+    handle = actor.options(name=actor_name(job.path), get_if_exists=True).remote(
+        search.metric, search.mode, asha.max_epochs, asha.grace_period, asha.reduction_factor
     )
-    _HELD[path] = handle
+    _HELD[job.path] = handle
+    if resume_first is not None:
+        study = optuna.load_study(study_name=job.study_name, storage=job.storage)
+        seed(handle, study, resume_first)
     return handle
 
 

@@ -50,6 +50,7 @@ import yaml
 from yaml.composer import ComposerError
 
 from flairseg.errors import ConfigError
+from study.search_answer import parse_confirm, parse_decisions
 from study.search_checks import (
     MAX_EPOCH_SCALE,
     MAX_EPOCHS,
@@ -59,9 +60,7 @@ from study.search_checks import (
     check_count,
     is_number,
     parse_asha,
-    parse_confirm,
     parse_cv,
-    parse_decisions,
     parse_fixed,
     parse_objective,
     parse_resources,

@@ -34,7 +34,6 @@ TOP_KEYS = {
     "confirm",
     "laptop",
 }
-DECISIONS = ("fixed", "arrival")  # in the trials' order (the default), or as results arrive
 LAPTOP_KEYS = TOP_KEYS - {"description", "objective", "grid", "laptop"}
 KINDS = ("uniform", "loguniform", "int", "choice")
 OBJECTIVES = (
@@ -160,16 +159,6 @@ def parse_resources(
     return cpus, gpus
 
 
-def parse_decisions(data: Mapping[str, Any], overrides: Mapping[str, Any], where: str) -> str:
-    """`decisions: fixed` (proposals and ASHA's stops in the trials' order: the same answer
-    every run) or `arrival` (as results arrive: no waiting, not reproducible)."""
-    value = overrides.get("decisions", data.get("decisions", DECISIONS[0]))
-    if value not in DECISIONS:
-        label = "--decisions" if "decisions" in overrides else f"{where}: decisions"
-        raise refuse(label, value, f"must be one of: {', '.join(DECISIONS)}")
-    return value
-
-
 def parse_sampler(sampler: Any, where: str) -> int:
     """The number of random trials before TPE takes over."""
     if not isinstance(sampler, dict):
@@ -242,31 +231,6 @@ def parse_cv(cv: Any, where: str, folds_flag: int | None) -> int | None:
         raise fail(where, "cv: must be a mapping {folds: K}")
     check_keys(cv, {"folds"}, where, "cv key", prefix="cv.")
     return check_count(cv.get("folds"), f"{where}: cv.folds", MAX_TRIALS, low=2)
-
-
-CONFIRM_DEFAULT = {"finalists": 3, "seeds": 3}
-
-
-def parse_confirm(confirm: Any, where: str, flag: int | None) -> tuple[int, int]:
-    """`confirm: {finalists: K, seeds: R}` (defaults 3 and 3; `confirm: false` turns it
-    off), --confirm K, --no-confirm (a flag K of 0): the finalists the confirmation stage
-    retrains, and the seeds each gets where the study is not cross-validated."""
-    if confirm is None or confirm is True:
-        confirm = {}
-    if confirm is False:
-        confirm = {"finalists": 0}
-    if not isinstance(confirm, dict):
-        raise fail(where, "confirm: must be a mapping {finalists: K, seeds: R} or false")
-    check_keys(confirm, {"finalists", "seeds"}, where, "confirm key", prefix="confirm.")
-    merged = {**CONFIRM_DEFAULT, **confirm}
-    if flag is not None:
-        merged["finalists"] = flag
-        label = "--confirm"
-    else:
-        label = f"{where}: confirm.finalists"
-    finalists = check_count(merged["finalists"], label, MAX_TRIALS, low=0)
-    seeds = check_count(merged["seeds"], f"{where}: confirm.seeds", MAX_TRIALS, low=1)
-    return finalists, seeds
 
 
 def parse_asha(asha: Any, where: str, max_epochs_flag: int | None) -> Asha:

@@ -58,7 +58,11 @@ def run_trial(
     side do not oversubscribe the machine. `speed`: the engine's fast path and compile flag.
     `folds`: K trains the config's K fold models in lockstep (flairseg.cv) and reports
     their mean under the usual keys, the spread and each fold beside it; the evolution
-    pictures then follow fold 1 on its val slices.
+    pictures then follow fold 1 on its val slices. `rungs`: ASHA's decisions come from
+    the invocation's referee (study.referee): at each rung the trial asks, and waits.
+    `patients`: the last epoch's checkpoint also holds each val patient's scores
+    (PATIENTS_FILE; cross-validated: each patient by its own fold's model), for the
+    confirmation stage's paired comparison (study.confirm).
     """
     torch.set_num_threads(max(1, int(threads)))
     # the checkpoints this worker writes (model states: patient-derived) are not readable
@@ -70,18 +74,7 @@ def run_trial(
     index = pick_slices(val, EVOLUTION_SLICES)
     evolution = Evolution.of(val, index)
     evolution_inputs, _ = val.batch(torch.tensor(index))
-    resume = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is None and config.get("resume_from"):
-        # an orphan of a killed driver, adopted on --resume (see study.searcher)
-        checkpoint = tune.Checkpoint(config["resume_from"])
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            resume = load_checkpoint(Path(folder) / STATE_FILE)
-            saved = Path(folder) / EVOLUTION_FILE
-            if saved.exists():
-                evolution = Evolution.load(saved)
-
+    resume, evolution = _resumed(config, evolution)
     # after a resume, the first report carries the epochs before it: a driver killed
     # between a checkpoint and its MLflow write logs them from here (see callbacks)
     backfill = {"resumed_history": json.dumps(resume["history"])} if resume else {}
@@ -95,25 +88,39 @@ def run_trial(
         with tempfile.TemporaryDirectory(prefix="flairseg-ckpt-") as folder:
             save_epoch(report, evolution, evolution_inputs, folder)
             if patients and report.epoch >= train_config.epochs:
-                scores = scores_by_patient(
-                    report, [d.val for d in fold_data[1]] if fold_data else [data.val]
-                )
-                (Path(folder) / PATIENTS_FILE).write_text(json.dumps(scores, sort_keys=True))
+                vals = [d.val for d in fold_data[1]] if fold_data else [data.val]
+                save_patients(folder, scores_by_patient(report, vals))
             tune.report(
                 {**report.metrics, "planned_epochs": train_config.epochs, **backfill},
                 checkpoint=tune.Checkpoint.from_directory(folder),
             )
         backfill.clear()
-        if rungs is None or report.epoch not in rungs.epochs or report.epoch >= train_config.epochs:
-            return False
-        value = float(report.metrics[rungs.metric])
-        return referee.ask(rungs.referee, number, report.epoch, value)
+        return rungs is not None and asha_stops(rungs, number, report, train_config.epochs)
 
     if fold_data is None:
         train(train_config, data, on_epoch=on_epoch, resume=resume, speed=speed)
     else:
         plan, datasets = fold_data
         train_folds(train_config, plan, datasets, on_epoch=on_epoch, resume=resume, speed=speed)
+
+
+def _resumed(
+    config: dict[str, Any], evolution: Evolution
+) -> tuple[dict[str, Any] | None, Evolution]:
+    """The checkpoint a resumed trial goes on from (None: it starts afresh) and the
+    evolution pictures it had saved so far."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None and config.get("resume_from"):
+        # an orphan of a killed driver, adopted on --resume (see study.searcher)
+        checkpoint = tune.Checkpoint(config["resume_from"])
+    if checkpoint is None:
+        return None, evolution
+    with checkpoint.as_directory() as folder:
+        resume = load_checkpoint(Path(folder) / STATE_FILE)
+        saved = Path(folder) / EVOLUTION_FILE
+        if saved.exists():
+            evolution = Evolution.load(saved)
+    return resume, evolution
 
 
 def run_confirmation(
@@ -150,6 +157,18 @@ def _slowdown(number: int) -> float:
     if trial.strip().isdigit() and int(trial) == number:
         return float(seconds or 0)
     return 0.0
+
+
+def asha_stops(rungs: Rungs, number: int, report: Any, planned: int) -> bool:
+    """At a rung before its last epoch, whether the referee stops the trial (it waits)."""
+    if report.epoch not in rungs.epochs or report.epoch >= planned:
+        return False
+    value = float(report.metrics[rungs.metric])
+    return referee.ask(rungs.referee, number, report.epoch, value)
+
+
+def save_patients(folder: str, scores: dict[str, dict[str, float]]) -> None:
+    (Path(folder) / PATIENTS_FILE).write_text(json.dumps(scores, sort_keys=True))
 
 
 def scores_by_patient(

@@ -239,7 +239,10 @@ def make_tuner(job: TuneJob) -> tuple[Any, float]:
     from ray import tune
 
     gpus = gpus_per_trial(job.search)
-    _start_referee(job)
+    if job.referee is not None:  # ASHA in the trials' order: the invocation's referee
+        from study import referee
+
+        referee.start(job, resume_first=job.first_trial if job.resume else None)
     trainable = _trainable(job, gpus)
     if job.resume:
         return tune.Tuner.restore(job.path, trainable=trainable, resume_unfinished=True), gpus
@@ -267,20 +270,6 @@ def make_tuner(job: TuneJob) -> tuple[Any, float]:
         ),
     )
     return tuner, gpus
-
-
-def _start_referee(job: TuneJob) -> None:
-    """The invocation's referee (study.referee); on a resume, told what Optuna holds."""
-    if job.referee is None:
-        return
-    import optuna
-
-    from study import referee
-
-    actor = referee.start(job.path, job.search.metric, job.search.mode, job.search.asha)
-    if job.resume:
-        study = optuna.load_study(study_name=job.study_name, storage=job.storage)
-        referee.seed(actor, study, job.first_trial)
 
 
 def _trainable(job: TuneJob, gpus: float) -> Any:

@@ -265,3 +265,31 @@ def test_markup_in_a_label_is_shown_as_text(store: str, tmp_path: Path) -> None:
     assert f"the winner is {escaped} against the runner-up #5" in spec["layout"]["title"]["text"]
     assert html.escape(IMG, quote=False) in spec["data"][0]["x"]  # a patient's name
     assert spec["data"][0]["name"] == f"#5 {html.escape(IMG, quote=False)}"
+
+
+def test_the_runner_up_follows_the_mode_and_a_zero_score_is_a_score() -> None:
+    """From hand-made data (as tests/test_report_data.py builds it): with mode min the
+    runner-up is the next lowest objective; a patient the winner scored 0 is ranked, one it
+    has no score for comes last; odd `metrics` and `confidence` fall back to the defaults."""
+    from dashboards.answer import fig_answer
+    from dashboards.load import StudyData
+
+    patients = {"a": {"volume_dice": 0.0}, "b": {"volume_dice": 0.4}, "0": {}}
+    record = {
+        **RECORD,
+        "mode": "min",
+        "metrics": "volume_dice",
+        "confidence": 95,
+        "finalists": [
+            {"trial": 3, "objective": 0.2, "patients": patients},
+            {"trial": 5, "objective": 0.9, "patients": patients},
+            {"trial": 1, "objective": 0.3, "patients": patients},
+        ],
+    }
+    data = StudyData("e", "s", "sqlite:///x.db", [], "val_loss", "min", answer=record)
+    fig = fig_answer(data)
+    assert fig.data[2].name == "#3 (winner)"
+    assert list(fig.data[2].x) == ["b", "a", "0"]  # 0.4, then 0, then no score
+    title = fig.layout.title.text
+    assert "better than the runner-up #1 in per-patient volume Dice (+0.200, 95 % CI" in title
+    assert [t.name for t in fig.data[3:]] == ["difference in volume Dice", "difference in IoU"]
