@@ -22,9 +22,10 @@ from plotly.subplots import make_subplots
 
 from dashboards.figures import COLOURS, empty
 from dashboards.load import StudyData, finite, label
+from study.schema import Tag
 
 TITLE = "The answer: finalists confirmed and compared"
-CONFIRMED = "flairseg.confirmed"  # the parent's tag; "false": study.run ran with --no-confirm
+CONFIRMED = Tag.CONFIRMED  # the parent's tag; "false": study.run ran with --no-confirm
 SCORE = "volume_dice"  # the per-patient score drawn above
 NAMES = {"volume_dice": "volume Dice", "iou": "IoU"}
 WORDS = {"better": "better than", "within noise": "within noise of", "worse": "worse than"}

@@ -234,7 +234,7 @@ def print_summary(summary: dict[str, Any], seconds: float, uri: str, experiment:
         print(f"  model registry: {summary['registry']}")
     print(f"  MLflow: {mlflow_hint(uri, experiment)}")
     value = summary.get(summary["objective"], float("nan"))
-    which = "confirmed best" if summary.get("best_confirmed") else "best (unconfirmed)"
+    which = "confirmed best" if summary.get("best_confirmed") else "best"
     line = (
         f"{which} of the study: {summary['objective']} {value:.4f} (trial #{summary['best_trial']}"
     )
