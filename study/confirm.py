@@ -25,7 +25,6 @@ from typing import Any
 from study import compare
 from study import search as searches
 from study.referee import milestones
-from study.schema import Role, Tag
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,7 +163,3 @@ def read_patients(checkpoint: str | None) -> dict[str, Any] | None:
         return None
     path = Path(checkpoint) / PATIENTS_FILE
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-ROLE = Role.CONFIRMATION
-TAGS = (Tag.CONFIRMS, Tag.REPLICA)

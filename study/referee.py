@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +35,27 @@ class Rungs:
     referee: str
     metric: str
     epochs: tuple[int, ...]
+
+
+def asha_scheduler(
+    max_epochs: int,
+    grace_period: int,
+    reduction_factor: float,
+    metric: str | None = None,
+    mode: str | None = None,
+) -> Any:
+    """Ray's ASHAScheduler on the epoch counter: the search's (metric and mode from Tune's
+    config) and the referee's (fed by hand, so it names them)."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(
+        time_attr="epoch",
+        metric=metric,
+        mode=mode,
+        max_t=max_epochs,
+        grace_period=grace_period,
+        reduction_factor=reduction_factor,
+    )
 
 
 def milestones(max_epochs: int, grace_period: int, reduction_factor: float) -> list[int]:
@@ -57,17 +77,8 @@ class Referee:
     def __init__(
         self, metric: str, mode: str, max_epochs: int, grace_period: int, reduction_factor: float
     ) -> None:
-        from ray.tune.schedulers import ASHAScheduler
-
         self._metric = metric
-        self._asha = ASHAScheduler(
-            time_attr="epoch",
-            metric=metric,
-            mode=mode,
-            max_t=max_epochs,
-            grace_period=grace_period,
-            reduction_factor=reduction_factor,
-        )
+        self._asha = asha_scheduler(max_epochs, grace_period, reduction_factor, metric, mode)
         rungs = milestones(max_epochs, grace_period, reduction_factor)
         self._rungs = [r for r in rungs if r < max_epochs]  # at max_epochs a trial ends anyway
         self._known: list[int] = []  # trial numbers, in order
@@ -76,10 +87,6 @@ class Referee:
         self._fed: dict[int, int] = {r: 0 for r in self._rungs}  # rung -> trials settled
         self._decided: dict[tuple[int, int], str] = {}
         self._changed: asyncio.Event | None = None
-        self.waited_s = 0.0  # trial-seconds spent waiting for an earlier trial
-
-    def rungs(self) -> list[int]:
-        return list(self._rungs)
 
     def register(self, number: int) -> None:
         """A trial proposed (the driver calls this in proposal order)."""
@@ -111,15 +118,10 @@ class Referee:
             return None
         self.register(number)
         self.record(number, {epoch: value})
-        started = time.monotonic()
         while (number, epoch) not in self._decided:
             await self._event().wait()
             self._event().clear()
-        self.waited_s += time.monotonic() - started
         return self._decided[(number, epoch)]
-
-    def waited(self) -> float:
-        return self.waited_s
 
     def _event(self) -> asyncio.Event:
         if self._changed is None:

@@ -350,16 +350,14 @@ def _tpe(seed: int, startup: int, conditional: bool, liar: bool = True) -> Any:
 def _scheduler(search: searches.Search) -> Any:
     """ASHA on the epoch counter, or first-in-first-out when the search turns it off or the
     referee takes ASHA's decisions in the trials' order (study.referee)."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
+
+    from study.referee import asha_scheduler
 
     if not search.asha.enabled or search.decisions == "fixed":
         return FIFOScheduler()
-    return ASHAScheduler(
-        time_attr="epoch",
-        max_t=search.asha.max_epochs,
-        grace_period=search.asha.grace_period,
-        reduction_factor=search.asha.reduction_factor,
-    )
+    asha = search.asha
+    return asha_scheduler(asha.max_epochs, asha.grace_period, asha.reduction_factor)
 
 
 def trial_dirname(trial: Any) -> str:
