@@ -18,13 +18,13 @@ stopped trial with its last value (`ledger.best_trial`).
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 from typing import Any
 
 from ray.air.constants import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
 from study import adapters, ordered, schema
+from study.settled import latest_checkpoint
 
 # Optuna warns and keeps the first value when a step comes twice (the last epoch, passed on
 # again at the end; the epochs a trial adopted on --resume trains again)
@@ -79,6 +79,8 @@ class StudySearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """The epoch's objective as an intermediate value, at step = the epoch (Tune's own
         iteration counter starts again at 1 in a trial adopted from a killed driver)."""
+        if self._ended_before(trial_id):
+            return  # restored by Tune, ended in Optuna: its record stands (study.settled)
         if "epoch" in result:
             result = {**result, TRAINING_ITERATION: result["epoch"]}
         with warnings.catch_warnings():
@@ -89,7 +91,7 @@ class StudySearch(OptunaSearch):
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
         """COMPLETE, PRUNED for a trial ASHA stopped early, FAIL for one that failed."""
-        done = trial_id in adapters.searcher_completed(self)
+        done = trial_id in adapters.searcher_completed(self) or self._ended_before(trial_id)
         scored = isinstance(self.metric, str) and bool(result) and self.metric in result
         if error:
             result = None  # FAIL, whatever it scored before it failed
@@ -102,7 +104,8 @@ class StudySearch(OptunaSearch):
                 trial.set_user_attr("status", schema.stopped_status(epoch))
                 result = None  # Ray's OptunaSearch tells a trial without a value PRUNED,
                 # and Optuna gives a pruned trial its last intermediate value
-        super().on_trial_complete(trial_id, result=result, error=error)
+        if not self._ended_before(trial_id):
+            super().on_trial_complete(trial_id, result=result, error=error)
         if self._referee is not None and trial_id in adapters.searcher_trials(self):
             from study import referee
 
@@ -112,6 +115,16 @@ class StudySearch(OptunaSearch):
             referee.handle_named(self._referee).ended.remote(
                 number, dict(frozen.intermediate_values)
             )
+
+    def _ended_before(self, trial_id: str) -> bool:
+        """Whether Optuna already holds this trial ended though Tune runs it: a driver
+        killed after Optuna's write and before Tune saved its state (study.settled)."""
+        trial = adapters.searcher_trials(self).get(trial_id)
+        if trial is None or trial_id in adapters.searcher_completed(self):
+            return False
+        study = adapters.searcher_study(self)
+        frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+        return frozen.state.is_finished()
 
     def _orphan(self):
         import optuna
@@ -131,16 +144,3 @@ def stopped_at(result: dict) -> int | None:
     epoch = int(result.get("epoch", 0) or 0)
     planned = int(result.get("planned_epochs", 0) or 0)
     return epoch if epoch < planned else None
-
-
-def latest_checkpoint(experiment_path: str, number: int) -> str | None:
-    """The newest `checkpoint_*` folder of any trial folder of Optuna trial `number`."""
-    root = Path(experiment_path)
-    if not root.is_dir():  # a remote URI: the orphan starts again from epoch 1
-        return None
-    found = sorted(
-        (p for d in root.glob(f"trial-{number:04d}-*") for p in d.glob("checkpoint_*")),
-        key=lambda p: p.name,
-    )
-    complete = [p for p in found if (p / "state.pt").exists()]
-    return str(complete[-1]) if complete else None

@@ -36,7 +36,7 @@ from flairseg.evolution import (
 )
 from flairseg.folds import make_folds
 from flairseg.patients import patient_scores
-from study import referee
+from study import referee, settled
 from study.referee import Rungs
 
 PATIENTS_FILE = "patients.json"  # in a confirmation's last checkpoint: {patient: scores}
@@ -46,13 +46,31 @@ SLOW_TRIAL = "FLAIRSEG_TEST_SLOW_TRIAL"  # tests only: "N:SECONDS" slows trial N
 def run_trial(
     config: dict[str, Any],
     data: Dataset,
+    ended: dict[int, str] | None = None,
+    experiment_path: str = "",
+    **options: Any,
+) -> None:
+    """The Tune function trainable (kept in the installed package so workers can import it):
+    `train_trial` with `options`. `ended`: on --resume, the trials Optuna holds ended
+    (study.settled); such a trial, restored by Tune from a state saved before its end,
+    reports its newest checkpoint in `experiment_path` again instead of training."""
+    number = int(config.get("optuna_trial", -1))
+    if ended and number in ended:
+        epochs = int(config["flairseg"]["epochs"])
+        return settled.replay(number, ended[number], experiment_path, epochs)
+    return train_trial(config, data, **options)
+
+
+def train_trial(
+    config: dict[str, Any],
+    data: Dataset,
     threads: int = 1,
     speed: Speed = FAST,
     folds: int | None = None,
     rungs: Rungs | None = None,
     patients: bool = False,
 ) -> None:
-    """The Tune function trainable (kept in the installed package so workers can import it).
+    """One trial's training, reported epoch by epoch to Tune.
 
     `threads`: torch's intra-op threads, the CPUs Ray gave the trial, so trials side by
     side do not oversubscribe the machine. `speed`: the engine's fast path and compile flag.
@@ -134,7 +152,7 @@ def run_confirmation(
     """A confirmation trial (study.confirm): case `config["case"]` trained to its full
     budget, no early stopping, its val patients scored in its last checkpoint."""
     case = cases[int(config["case"])]
-    run_trial(case, data, threads=threads, speed=speed, folds=folds, patients=True)
+    train_trial(case, data, threads=threads, speed=speed, folds=folds, patients=True)
 
 
 def stopped_on_resume(

@@ -276,6 +276,7 @@ def _trainable(job: TuneJob, gpus: float) -> Any:
     """The trial function with the data bound and its CPU/GPU share declared."""
     from ray import tune
 
+    from study import settled
     from study.referee import Rungs, milestones
     from study.trainable import run_trial
 
@@ -293,6 +294,10 @@ def _trainable(job: TuneJob, gpus: float) -> Any:
             speed=job.speed,
             folds=search.folds,
             rungs=rungs,
+            ended=settled.ended(job.study_name, job.storage, job.first_trial)
+            if job.resume
+            else None,
+            experiment_path=job.path,
         ),
         {"cpu": search.cpus, "gpu": gpus},
     )

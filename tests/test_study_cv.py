@@ -12,6 +12,7 @@ import statistics
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 from study_helpers import HOPELESS, StudyEnv, wait_for, write_search
 
@@ -112,6 +113,13 @@ def test_sigkill_then_resume_continues_every_fold(tmp_path: Path, phantom_dir: P
             assert steps == list(range(1, epochs + 1)), (key, steps)  # none lost, none twice
     (interrupted,) = [k for k in kids if k.data.tags["optuna_trial"] == "1"]
     assert int(interrupted.data.tags["resumed_from_epoch"]) >= 1  # went on, both folds
+    # trial #0 ended before the kill, maybe after Tune last saved its state (study.settled):
+    # its run ends once, as Optuna recorded it, and Optuna holds both trials ended
+    (first,) = [k for k in kids if k.data.tags["optuna_trial"] == "0"]
+    assert (first.data.tags["status"], first.data.tags["epochs"]) == ("completed", "3")
+    assert first.info.status == "FINISHED"
+    study = optuna.load_study(study_name="combo_alpha", storage=env.optuna_url)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
 
 
 def test_folds_out_of_range_end_in_one_line_before_anything_is_written(

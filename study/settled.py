@@ -1,0 +1,78 @@
+"""Trials that Optuna records as ended while the restored Tune state does not.
+
+Ray saves its experiment state every few seconds; Optuna writes a trial's end at once.
+After a driver is killed between the two, `--resume` restores a Tune trial as still
+running whose Optuna trial has already ended (COMPLETE, PRUNED or FAIL). Training it
+again would spend its epochs twice and ask Optuna to update an ended trial (an error).
+Instead the driver passes the ended trials to the trainable (`ended`), and such a trial
+reports once more what its newest checkpoint on disk holds (`report_again`), with no
+training. Tune, MLflow and the referee then see the same end, and Optuna's record stands.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from flairseg.evolution import STATE_FILE
+
+FAILED = "FAIL"
+
+
+def ended(study_name: str, storage: Any, first: int) -> dict[int, str]:
+    """The invocation's trials (Optuna numbers from `first`) that Optuna holds ended: number
+    -> state name (COMPLETE, PRUNED, FAIL)."""
+    import optuna
+
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    return {
+        t.number: t.state.name
+        for t in study.get_trials(deepcopy=False)
+        if t.number >= first and t.state.is_finished()
+    }
+
+
+def latest_checkpoint(experiment_path: str, number: int) -> str | None:
+    """The newest complete `checkpoint_*` folder of any trial folder of Optuna trial
+    `number` (None: none, or the experiment lives at a remote URI)."""
+    root = Path(experiment_path)
+    if not root.is_dir():
+        return None
+    found = sorted(
+        (p for d in root.glob(f"trial-{number:04d}-*") for p in d.glob("checkpoint_*")),
+        key=lambda p: p.name,
+    )
+    complete = [p for p in found if (p / STATE_FILE).exists()]
+    return str(complete[-1]) if complete else None
+
+
+def replay(number: int, state: str, experiment_path: str, planned: int) -> None:
+    """Inside the trial: end as Optuna says trial `number` ended, from its newest
+    checkpoint; a trial that had failed fails again, saying so."""
+    if state == FAILED:
+        raise RuntimeError(
+            f"trial #{number} had failed before the driver stopped (see its MLflow run)"
+        )
+    folder = latest_checkpoint(experiment_path, number)
+    if folder is not None:
+        report_again(folder, planned)
+
+
+def report_again(folder: str, planned: int) -> None:
+    """Report the last epoch a checkpoint holds, with a copy of that checkpoint (Tune may
+    number its next checkpoint as the folder it reads from)."""
+    from ray import tune
+
+    from flairseg.engine import load_checkpoint
+
+    history = load_checkpoint(Path(folder) / STATE_FILE).get("history") or []
+    if not history:
+        return
+    with tempfile.TemporaryDirectory(prefix="flairseg-ckpt-") as copy:
+        shutil.copytree(folder, copy, dirs_exist_ok=True)
+        tune.report(
+            {**history[-1], "planned_epochs": planned},
+            checkpoint=tune.Checkpoint.from_directory(copy),
+        )
