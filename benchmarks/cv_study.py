@@ -177,6 +177,7 @@ def main() -> None:
     args = p.parse_args()
     if not args.data or not Path(args.data).is_dir():
         sys.exit("give --data or set FLAIRSEG_LGG_32 to the kaggle_3m folder of lgg-32")
+    args.data = str(Path(args.data).resolve())  # the studies run in their own folders
     sections = args.sections.split(",")
     record: dict[str, Any] = {"settings": {k: v for k, v in vars(args).items() if k != "json"}}
 

@@ -59,6 +59,7 @@ def run_one(search: str, flags: list[str], extra: list[str]) -> dict:
         "best_trial": summary.get("best_trial"),
         "objective": summary.get(summary["objective"]),
         "test_iou": summary.get("test_iou"),
+        "closing_line": done.stdout.strip().splitlines()[-1],  # what the user reads last
     }
 
 
@@ -80,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['epochs']:>6} {r['wall_s'] / base:>9.2f}  #{r['best_trial']} "
             f"({r['objective']:.4f}, {r['test_iou']:.4f})"
         )
+    for way, r in rows.items():
+        print(f"{way}: {r['closing_line']}")
     if args.json:
         Path(args.json).write_text(
             json.dumps({"search": args.search, "flags": extra, **rows}, indent=2)

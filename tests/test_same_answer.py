@@ -5,12 +5,14 @@ order (study.ordered, study.referee), and the finalists are confirmed and compar
 from __future__ import annotations
 
 import json
+import signal
+import time
 from pathlib import Path
 
 import optuna
 import pytest
 from scipy import stats
-from study_helpers import StudyEnv, write_search
+from study_helpers import StudyEnv, wait_for, write_search
 
 from study import compare
 from study.schema import Artifact, Role, Tag
@@ -95,3 +97,51 @@ def test_a_slowed_trial_changes_nothing_the_study_answers(
     assert all(r.data.tags[Tag.PARENT] == parent.info.run_id for r in confirmations)
     assert all(r.info.status == "FINISHED" for r in confirmations)
     assert parent.data.tags[Tag.BEST_TRIAL] == str(record["winner"])
+
+
+# the confirmation stage alone is long enough to be killed in: no ASHA, one trial at a time
+CONFIRMED = """
+fixed: {model: unet, loss: combo, image_size: 32, unet: {width: 8}}
+space:
+  alpha: {uniform: [0.0, 1.0]}
+trials: 2
+asha: {enabled: false, max_epochs: 3}
+concurrency: 1
+confirm: {finalists: 2, seeds: 2}
+"""
+
+
+def _confirmation_runs(env: StudyEnv) -> list:
+    return [r for r in env.runs("confirmed") if r.data.tags.get(Tag.ROLE) == Role.CONFIRMATION]
+
+
+def test_a_driver_killed_while_confirming_resumes_the_confirmation(
+    tmp_path: Path, phantom_dir: Path
+) -> None:
+    env = StudyEnv(tmp_path, phantom_dir, confirm=True)
+    search = write_search(tmp_path / "confirmed.yaml", CONFIRMED)
+    proc, log = env.start("--search", str(search))
+    wait_for(log, "confirming the top 2", proc)
+    deadline = time.monotonic() + 900  # a safety net: the wait is on the first logged epoch
+    while not any(r.data.tags.get(Tag.EPOCHS_LOGGED) for r in _confirmation_runs(env)):
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=600)
+    out = tmp_path / "resumed.json"
+    resumed = env.run("--search", str(search), "--resume", "--json", str(out))
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    summary = json.loads(out.read_text())
+    record = summary["confirmation"]
+    assert summary["best_confirmed"] and summary["best_trial"] == record["winner"]
+    assert sorted(f["trial"] for f in record["finalists"]) == [0, 1]
+    # one run per finalist and seed, each with every epoch logged once, none left running
+    confirmations = _confirmation_runs(env)
+    pairs = sorted((r.data.tags[Tag.CONFIRMS], r.data.tags[Tag.REPLICA]) for r in confirmations)
+    assert len(pairs) == 4 and len(set(pairs)) == 4, pairs
+    c = env.client()
+    for run in confirmations:
+        assert run.info.status == "FINISHED", run.data.tags
+        steps = [m.step for m in c.get_metric_history(run.info.run_id, "val_iou")]
+        assert steps == [1, 2, 3], (run.data.tags, steps)
+    assert "confirmed best of the study" in resumed.stdout
