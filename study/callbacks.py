@@ -28,6 +28,7 @@ CONFIG_KEYS = (
     "flairseg",
     "optuna_trial",
     "resume_from",
+    "kept",
     "replica",
 )  # what a trial config holds besides
 # the sampled values

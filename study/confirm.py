@@ -12,6 +12,10 @@ Finalists are chosen on what the search knows, not only on last values: each tri
 standing at the highest rung it reached among the trials that reached that rung (its
 rank there, 1 at the top), so a trial ASHA cut while it was level with the survivors
 can be retrained. Ties go to the trial that went further, then to the better value.
+
+A finalist whose search trial already ran its full budget is not trained again with its
+own seed (or folds): that trial is what the retraining would repeat, so its last
+checkpoint stands for that replica (`kept_checkpoints`; only where the worker can read it).
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+from flairseg.evolution import STATE_FILE
 from study import compare
 from study import search as searches
 from study.referee import milestones
+from study.schema import Status, Tag
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,16 +91,43 @@ def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
 
-def cases(finalists: list[Finalist], search: searches.Search) -> list[dict[str, Any]]:
-    """The confirmation's Tune trials: each finalist once with folds, else once per seed."""
+def cases(
+    finalists: list[Finalist], search: searches.Search, kept: dict[int, str] | None = None
+) -> list[dict[str, Any]]:
+    """The confirmation's Tune trials: each finalist once with folds, else once per seed.
+    `kept`: the last checkpoints of finalists whose search trial ran its full budget; their
+    first replica (the trial's own seed and folds) keeps it instead of training again."""
     replicas = 1 if search.folds else search.confirm_seeds
     out = []
     for f in finalists:
         for r in range(replicas):
             config = dict(f.config)
             config["seed"] = int(config.get("seed", 0)) + r
-            out.append({"flairseg": config, "optuna_trial": f.trial, "replica": r})
+            case = {"flairseg": config, "optuna_trial": f.trial, "replica": r}
+            if r == 0 and f.trial in (kept or {}):
+                case["kept"] = kept[f.trial]
+            out.append(case)
     return out
+
+
+def kept_checkpoints(finalists: list[Finalist], trial_runs: list) -> dict[int, str]:
+    """The finalists whose search trial completed its full budget (no early stop): trial
+    number -> its last checkpoint, where this machine can read it. Retraining such a trial
+    with its own config, seed and folds would repeat it."""
+    by_number = {r.data.tags.get(Tag.OPTUNA_TRIAL): r for r in trial_runs}
+    kept = {}
+    for f in finalists:
+        run = by_number.get(str(f.trial))
+        if run is None or f.search_epochs < int(f.config["epochs"]):
+            continue
+        tags = run.data.tags
+        where = tags.get(Tag.CHECKPOINT, "")
+        full = tags.get(Tag.STATUS) == Status.COMPLETED and tags.get(Tag.EPOCHS) == str(
+            f.config["epochs"]
+        )
+        if full and where and (Path(where) / STATE_FILE).exists():
+            kept[f.trial] = where
+    return kept
 
 
 def record(

@@ -43,7 +43,10 @@ class ConfirmCallback(StudyCallback):
 
     def identity_tags(self, trial) -> dict[str, str]:
         case = self.config_of(trial)
-        return {Tag.CONFIRMS: str(case["optuna_trial"]), Tag.REPLICA: str(case["replica"])}
+        tags = {Tag.CONFIRMS: str(case["optuna_trial"]), Tag.REPLICA: str(case["replica"])}
+        if case.get("kept"):  # trained nothing: its search trial had run this case in full
+            tags[Tag.KEPT] = case["kept"]
+        return tags
 
     def _label(self, trial) -> str:
         case = self.config_of(trial)
@@ -67,16 +70,20 @@ def run(opened: Any, gpus: float) -> dict[str, Any] | None | str:
     finalists = confirm.choose(opened.study, search, search.confirm)
     if not finalists:
         return None
-    cases = confirm.cases(finalists, search)
+    trial_runs = tracking.study_runs(c, plan.experiment_id, plan.study_name, role=Role.TRIAL)
+    kept = confirm.kept_checkpoints(finalists, trial_runs)
+    cases = confirm.cases(finalists, search, kept)
     how = f"its {search.folds} folds" if search.folds else f"{search.confirm_seeds} seeds"
     say(
         f"confirming the top {len(finalists)} of the study, each to its full budget with {how} "
-        f"({len(cases)} trials, no early stopping):"
+        f"({len(cases) - len(kept)} trials to train, no early stopping):"
     )
+    mine = "its folds are" if search.folds else "its own seed is"
     for f in finalists:
+        done = f"; its search trial ran the full budget: {mine} kept" if f.trial in kept else ""
         say(
             f"  {f.label}: {plan.search.metric} {f.value:.4f} at epoch {f.rung} of "
-            f"{f.config['epochs']} (standing {f.standing:.2f} among the trials there)"
+            f"{f.config['epochs']} (standing {f.standing:.2f} among the trials there){done}"
         )
     callback = for_invocation(opened, ConfirmCallback, total=len(cases), cases=cases)
     tuner = _tuner(opened, cases, callback, gpus)

@@ -69,6 +69,7 @@ class Tag:
     FOLDS = "folds"  # K, on the parent and trial runs of a cross-validated study
     CONFIRMS = "confirms"  # a confirmation run: the Optuna number of the trial it retrains
     REPLICA = "replica"  # a confirmation run: its seed index (0..R-1), 0 with folds
+    KEPT = "kept_checkpoint"  # a confirmation run that kept its search trial's last checkpoint
     CONFIRMED = "confirmed"  # the parent: "true" (finalists confirmed) or "false" (--no-confirm)
     ANSWER = "answer"  # the parent: the confirmed winner against the runner-up, in words
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -21,10 +22,20 @@ from typing import Any
 import torch
 from ray import tune
 
+from flairseg.checkpoint import model_from_checkpoint
 from flairseg.config import TrainConfig
 from flairseg.cv import FoldsReport, train_folds
 from flairseg.dataset import Dataset, Part
-from flairseg.engine import FAST, EpochReport, Speed, load_checkpoint, train
+from flairseg.engine import (
+    FAST,
+    EpochReport,
+    Speed,
+    load_checkpoint,
+    pick_device,
+    predict_probs,
+    train,
+)
+from flairseg.ensemble import Ensemble
 from flairseg.errors import keep_private
 from flairseg.evolution import (
     EVOLUTION_FILE,
@@ -152,7 +163,39 @@ def run_confirmation(
     """A confirmation trial (study.confirm): case `config["case"]` trained to its full
     budget, no early stopping, its val patients scored in its last checkpoint."""
     case = cases[int(config["case"])]
+    kept = Path(case.get("kept") or "/nonexistent")
+    if (kept / STATE_FILE).exists():  # its search trial: what training it again would repeat
+        return report_kept(case, kept, data, speed, folds)
     train_trial(case, data, threads=threads, speed=speed, folds=folds, patients=True)
+
+
+def report_kept(
+    case: dict[str, Any], kept: Path, data: Dataset, speed: Speed, folds: int | None
+) -> None:
+    """A finalist's search trial ran this case's full budget (same config, seed, folds):
+    its last checkpoint is reported as the confirmation's, with each val patient's scores
+    (each fold's model on its own val patients) added, as a retrained case would have."""
+    ckpt = load_checkpoint(kept / STATE_FILE)
+    _, model = model_from_checkpoint(ckpt)
+    config = TrainConfig.from_dict(case["flairseg"])
+    members = list(model.members) if isinstance(model, Ensemble) else [model]
+    vals = [d.val for d in make_folds(data, folds, config.split_seed)[1]] if folds else [data.val]
+    device = pick_device()
+    scores: dict[str, dict[str, float]] = {}
+    for member, val in zip(members, vals, strict=True):
+        member.to(device)
+
+        def predict(x: torch.Tensor, m: torch.nn.Module = member) -> torch.Tensor:
+            return predict_probs(m, x.to(device), amp=speed.fast).cpu()
+
+        scores.update(patient_scores(predict, val))
+    with tempfile.TemporaryDirectory(prefix="flairseg-ckpt-") as folder:
+        shutil.copytree(kept, folder, dirs_exist_ok=True)
+        save_patients(folder, scores)
+        tune.report(
+            {**ckpt["history"][-1], "planned_epochs": config.epochs},
+            checkpoint=tune.Checkpoint.from_directory(folder),
+        )
 
 
 def stopped_on_resume(

@@ -4,9 +4,11 @@ fed in order, the sampler's view, and how finalists are chosen (study.confirm)."
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import random
 
+import mlflow
 import optuna
 import pytest
 from ray.tune.schedulers import ASHAScheduler
@@ -14,6 +16,7 @@ from ray.tune.schedulers import ASHAScheduler
 from study import confirm, ordered
 from study import search as searches
 from study.referee import Referee, milestones
+from study.schema import Tag
 from study.tuner import _tpe
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -156,3 +159,24 @@ def test_finalists_include_a_trial_cut_while_level_with_the_survivors(tmp_path) 
     assert finalists[0].rung == 9 and finalists[0].standing == 1.0
     assert finalists[1].rung == 3 and finalists[1].standing == pytest.approx(0.75)
     assert all(f.config["epochs"] == 9 for f in finalists)  # retrained to the full budget
+
+    # trials 0 and 1 ran their full budget; 1's checkpoint is not on this machine: only
+    # 0's first seed keeps its search checkpoint, every other case trains
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("kept")
+    ckpt = tmp_path / "trial-0000-x" / "checkpoint_000008"
+    ckpt.mkdir(parents=True)
+    (ckpt / "state.pt").write_bytes(b"x")
+    shown = {0: ("completed", "9", str(ckpt)), 1: ("completed", "9", str(tmp_path / "gone"))}
+    shown[2] = ("stopped at epoch 3", "3", str(ckpt))
+    for n, (status, epochs, where) in shown.items():
+        tags = {Tag.OPTUNA_TRIAL: str(n), Tag.STATUS: status, Tag.EPOCHS: epochs}
+        client.create_run(experiment, tags={**tags, Tag.CHECKPOINT: where})
+    runs = client.search_runs([experiment])
+    kept = confirm.kept_checkpoints(finalists, runs)
+    assert kept == {0: str(ckpt)}
+    made = confirm.cases(finalists, dataclasses.replace(search, confirm_seeds=2), kept)
+    assert [(c["optuna_trial"], c["replica"], c.get("kept")) for c in made] == [
+        (0, 0, str(ckpt)), (0, 1, None), (2, 0, None), (2, 1, None), (1, 0, None), (1, 1, None)
+    ]  # fmt: skip
+    assert [c["flairseg"]["seed"] - made[0]["flairseg"]["seed"] for c in made] == [0, 1] * 3

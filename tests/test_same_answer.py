@@ -111,6 +111,10 @@ confirm: {finalists: 2, seeds: 2}
 """
 
 
+def _retrained(run) -> bool:
+    return Tag.KEPT not in run.data.tags
+
+
 def _confirmation_runs(env: StudyEnv) -> list:
     return [r for r in env.runs("confirmed") if r.data.tags.get(Tag.ROLE) == Role.CONFIRMATION]
 
@@ -123,7 +127,9 @@ def test_a_driver_killed_while_confirming_resumes_the_confirmation(
     proc, log = env.start("--search", str(search))
     wait_for(log, "confirming the top 2", proc)
     deadline = time.monotonic() + 900  # a safety net: the wait is on the first logged epoch
-    while not any(r.data.tags.get(Tag.EPOCHS_LOGGED) for r in _confirmation_runs(env)):
+    while not any(
+        _retrained(r) and r.data.tags.get(Tag.EPOCHS_LOGGED) for r in _confirmation_runs(env)
+    ):
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
         time.sleep(0.3)
     proc.send_signal(signal.SIGKILL)
@@ -135,13 +141,17 @@ def test_a_driver_killed_while_confirming_resumes_the_confirmation(
     record = summary["confirmation"]
     assert summary["best_confirmed"] and summary["best_trial"] == record["winner"]
     assert sorted(f["trial"] for f in record["finalists"]) == [0, 1]
-    # one run per finalist and seed, each with every epoch logged once, none left running
+    # one run per finalist and seed, each with every epoch logged once, none left running;
+    # both trials ran their full budget in the search: seed 0 of each kept, not retrained
     confirmations = _confirmation_runs(env)
     pairs = sorted((r.data.tags[Tag.CONFIRMS], r.data.tags[Tag.REPLICA]) for r in confirmations)
-    assert len(pairs) == 4 and len(set(pairs)) == 4, pairs
+    assert pairs == [("0", "0"), ("0", "1"), ("1", "0"), ("1", "1")], pairs
     c = env.client()
     for run in confirmations:
         assert run.info.status == "FINISHED", run.data.tags
         steps = [m.step for m in c.get_metric_history(run.info.run_id, "val_iou")]
-        assert steps == [1, 2, 3], (run.data.tags, steps)
+        kept = run.data.tags[Tag.REPLICA] == "0"
+        assert (Tag.KEPT in run.data.tags) == kept, run.data.tags
+        assert steps == ([3] if kept else [1, 2, 3]), (run.data.tags, steps)
+    assert "2 trials to train" in resumed.stdout + log.read_text()
     assert "confirmed best of the study" in resumed.stdout
