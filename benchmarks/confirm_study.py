@@ -133,7 +133,10 @@ def one_split(args, folder: Path, seed: int) -> dict[str, Any]:
     ref_number, ref_where = search_pick(full)
     folds = args.folds
     search_me = asha["epochs_spent"] * folds
-    confirm_me = len(confirmation["finalists"]) * confirmation["replicas"] * args.max_epochs
+    # each finalist's folds trained to the full budget, but for those the search had trained
+    # out (kept: study.confirm)
+    trained = len(confirmation["finalists"]) - len(confirmation.get("kept", []))
+    confirm_me = trained * folds * args.max_epochs
     picks = {
         "search only": (number, where, search_me, asha["seconds"]),
         "confirmed": (

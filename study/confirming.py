@@ -96,6 +96,7 @@ def run(opened: Any, gpus: float) -> dict[str, Any] | None | str:
         return "interrupted"
     made = confirm.record(finalists, results, search)
     made["seconds"] = round(time.monotonic() - started, 1)
+    made["kept"] = sorted(kept)  # finalists whose search trial stood for a replica
     _log(opened, made)
     return made
 
