@@ -123,6 +123,20 @@ class SearchLoader(yaml.SafeLoader):
         finally:
             self.depth -= 1
 
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        """A key written twice in one mapping is refused (YAML lets the last one win)."""
+        first: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                earlier = first.setdefault(key, key_node.start_mark)
+            except TypeError:  # an unhashable key: PyYAML's own error follows
+                continue
+            if earlier is not key_node.start_mark:
+                lines = f"lines {earlier.line + 1} and {key_node.start_mark.line + 1}"
+                raise Refused(None, None, f"key {key!r} given twice ({lines})", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
 
 def read_text(path: Path) -> str:
     """The file's text; one over MAX_FILE_BYTES is refused without reading it all."""

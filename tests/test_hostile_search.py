@@ -123,6 +123,27 @@ def test_any_alias_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("extra", "key", "lines"),
+    [
+        ("trials: 5\n", "'trials'", "lines 6 and 8"),  # at the top, the last would win
+        ("laptop:\n  fixed: {epochs: 2}\n  fixed: {epochs: 3}\n", "'fixed'", "lines 9 and 10"),
+        ("laptop: {trials: 2, trials: 3}\n", "'trials'", "lines 8 and 8"),  # flow style
+    ],
+)
+def test_a_key_given_twice_is_refused_naming_it_and_both_lines(
+    tmp_path: Path, extra: str, key: str, lines: str
+) -> None:
+    line = check_here(tmp_path, GOOD + extra, key)
+    assert f"key {key} given twice ({lines})" in line, line
+
+
+def test_the_same_key_in_two_mappings_is_no_repeat(tmp_path: Path) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text(GOOD + "laptop: {trials: 1, asha: {max_epochs: 1}}\n")
+    assert searches.read_yaml(path)["laptop"]["trials"] == 1
+
+
+@pytest.mark.parametrize(
     ("text", "culprit"),
     [
         (GOOD.replace("trials: 1", "trials: 1000000000"), "trials: 1000000000"),
