@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 from flairseg.errors import ConfigError
 
@@ -39,27 +39,42 @@ def _netloc(user: str | None, host: str | None, port: int | None, password: str 
     return f"{user}{':' + password if password is not None else ''}@{where}"
 
 
+def _split(url: str) -> tuple[SplitResult, bool]:
+    """urlsplit, and whether `url` is an address without a scheme (`user:PW@host:port`,
+    which urlsplit alone reads as scheme `user` and a path, its password unseen)."""
+    parts = urlsplit(url)
+    if "//" not in url and "@" in url and not parts.netloc:
+        return urlsplit("//" + url), True
+    return parts, False
+
+
+def _unsplit(parts: SplitResult, bare: bool) -> str:
+    text = urlunsplit(parts)
+    return text.removeprefix("//") if bare else text
+
+
 def redact(url: str) -> str:
     """`url` with its password shown as `***` (unchanged when it has none)."""
     try:
-        parts = urlsplit(url)
+        parts, bare = _split(url)
         password = parts.password
+        port = parts.port
     except ValueError:  # not a URL (a bad port ...): shown as given, less known secrets
         return scrub(url)
     if password is None:
         return scrub(url)
-    netloc = _netloc(parts.username, parts.hostname, parts.port, MASK)
-    return scrub(urlunsplit(parts._replace(netloc=netloc)))
+    netloc = _netloc(parts.username, parts.hostname, port, MASK)
+    return scrub(_unsplit(parts._replace(netloc=netloc), bare))
 
 
 def without_password(url: str) -> tuple[str, str | None, str | None]:
     """(the URL without its password, the user name, the password), both decoded."""
-    parts = urlsplit(url)
+    parts, bare = _split(url)
     if parts.password is None:
         return url, None, None
     netloc = _netloc(parts.username, parts.hostname, parts.port, None)
     return (
-        urlunsplit(parts._replace(netloc=netloc)),
+        _unsplit(parts._replace(netloc=netloc), bare),
         unquote(parts.username or ""),
         unquote(parts.password),
     )
@@ -89,8 +104,8 @@ def take(url: str, flag: str) -> str:
     clean, user, password = without_password(url)
     if password is None:
         return url
-    _TAKEN.update({password, urlsplit(url).password or password})
-    scheme = urlsplit(url).scheme.split("+")[0]
+    _TAKEN.update({password, _split(url)[0].password or password})
+    scheme = _split(url)[0].scheme.split("+")[0]
     if scheme in ("postgresql", "postgres"):
         parts = urlsplit(url)
         database = parts.path.lstrip("/") or "*"

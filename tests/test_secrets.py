@@ -39,15 +39,31 @@ def test_an_error_is_one_line_without_a_taken_password(monkeypatch: pytest.Monke
     assert secrets.first_line(KeyboardInterrupt()) == "KeyboardInterrupt"
 
 
-@pytest.mark.parametrize("flag", ["--storage", "--address"])
+def test_an_address_without_a_scheme_loses_its_password_too() -> None:
+    assert secrets.redact(f"u:{ENCODED}@10.0.0.5:6379") == "u:***@10.0.0.5:6379"
+    assert secrets.redact("u:secret@host") == "u:***@host"
+    assert secrets.without_password("u:secret@host:6379") == ("u@host:6379", "u", "secret")
+    assert secrets.redact("10.0.0.5:6379") == "10.0.0.5:6379"  # nothing to hide
+    assert secrets.redact("auto") == "auto"
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--storage", f"s3://k:{ENCODED}@b/x"),
+        ("--address", f"ray://u:{ENCODED}@127.0.0.1:1"),
+        ("--address", f"u:{ENCODED}@127.0.0.1:1"),  # no scheme
+        ("--address", "u:plainSecret1@127.0.0.1:1"),
+    ],
+)
 def test_a_password_that_cannot_be_handed_on_is_refused(
-    flag: str, tmp_path: Path, phantom_dir: Path
+    flag: str, value: str, tmp_path: Path, phantom_dir: Path
 ) -> None:
     env = StudyEnv(tmp_path, phantom_dir)
-    value = f"ray://u:{ENCODED}@127.0.0.1:1" if flag == "--address" else f"s3://k:{ENCODED}@b/x"
     code, out, err = env.run_here("--search", "combo_alpha", flag, value)
     assert code == 2 and "give it through the environment" in err, err
     assert PASSWORD not in out + err and ENCODED not in out + err
+    assert "plainSecret1" not in out + err
     assert not (tmp_path / "mlflow.db").exists()
 
 
