@@ -41,6 +41,7 @@ def run_cli(
     main: Callable[[Sequence[str] | None], int | None],
     argv: Sequence[str] | None = None,
     hard_exit_on_interrupt: bool = False,
+    interrupted_status: Callable[[], int] = lambda: 130,
 ) -> None:
     """Run a CLI entry point; a `FlairsegError` becomes `error: ...` on stderr and exit status 2.
 
@@ -49,7 +50,8 @@ def run_cli(
 
     `hard_exit_on_interrupt`: after a Ctrl+C, the exit handlers run and the process ends
     without the interpreter's teardown, in which a native library caught half-started (Ray's
-    core worker) at times crashes (SIGSEGV instead of exit 130).
+    core worker) at times crashes (SIGSEGV instead of exit 130). `interrupted_status`: the
+    exit status then (130 for a Ctrl+C; a caller that turns other signals into one says).
     """
     keep_private()
     try:
@@ -59,9 +61,10 @@ def run_cli(
         raise SystemExit(EXIT_USAGE) from None
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
+        code = interrupted_status()
         if hard_exit_on_interrupt:
-            _exit_now(130)
-        raise SystemExit(130) from None
+            _exit_now(code)
+        raise SystemExit(code) from None
     raise SystemExit(code or 0)
 
 

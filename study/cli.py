@@ -37,7 +37,7 @@ from typing import Any
 
 from flairseg.errors import ArgumentParser, ConfigError, FlairsegError
 from flairseg.train import write_json
-from study import invocation, ledger, outbox, register, results, secrets
+from study import invocation, ledger, outbox, register, results, secrets, stops
 from study.console import banner, headline, list_searches, print_summary, quiet
 from study.plan import Plan, make_plan, open_tracking, with_data
 from study.tuner import (
@@ -184,7 +184,8 @@ def check_json(path: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m study.run`: the exit status (0, 1 when no trial succeeded, 3 when MLflow
-    did not answer by the end, 130 when interrupted); a bad input raises ConfigError,
+    did not answer by the end, 130 when interrupted, 143 or 129 when SIGTERM or SIGHUP
+    paused it); a bad input raises ConfigError,
     which `run_cli` turns into exit 2."""
     args = build_parser().parse_args(argv)
     quiet()
@@ -192,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         list_searches()
         return 0
     check_args(args)
+    stops.install()  # SIGTERM and SIGHUP pause the study as Ctrl+C does
     with latched_interrupts():  # a Ctrl+C that Ray or Tune swallow still stops the study
         try:
             plan = make_plan(args)  # every check; nothing written yet
@@ -263,13 +265,13 @@ def run_trials(opened: invocation.Opened, storage: Any) -> tuple[str, bool] | in
         return EXIT_MLFLOW_AWAY
     if stopped or not invocation.all_trials_ended(opened):
         invocation.mark_interrupted(opened)
-        return EXIT_INTERRUPTED
+        return stops.exit_status(EXIT_INTERRUPTED)
     confirmed = confirming.run(opened, gpus)  # the finalists retrained and compared
     if not mlflow_caught_up(opened):
         return EXIT_MLFLOW_AWAY
     if confirmed == "interrupted":
         invocation.mark_interrupted(opened)
-        return EXIT_INTERRUPTED
+        return stops.exit_status(EXIT_INTERRUPTED)
     invocation.close_strays(opened)
     summary = results.summarise(opened, seconds, scoring_device(gpus), confirmed)
     if results.succeeded(summary):

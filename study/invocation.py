@@ -26,7 +26,7 @@ from typing import Any
 from flairseg.dataset import Dataset
 from flairseg.errors import ConfigError
 from flairseg.folds import split_of
-from study import datasets, ledger, outbox, schema, secrets, tracking
+from study import datasets, ledger, outbox, schema, secrets, stops, tracking
 from study import search as searches
 from study.ordered import next_number
 from study.plan import Plan, load_data
@@ -321,8 +321,9 @@ def mark_interrupted(opened: Opened) -> None:
         plan.mlflow_uri, plan.experiment_id, plan.study_name, reason=Status.INTERRUPTED
     )
     ledger.mark(opened.study, opened.record.number, "interrupted")
+    by = f" by {stops.caught()}" if stops.caught() else ""
     print(
-        f"interrupted: {n} runs marked KILLED in MLflow; finish this invocation with\n"
+        f"interrupted{by}: {n} runs marked KILLED in MLflow; finish this invocation with\n"
         f"  {plan.resume_command}",
         file=sys.stderr,
     )

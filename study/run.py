@@ -7,9 +7,11 @@ The entry point only; the flow lives in `study.cli` (flags, `main`) -> `study.pl
 from __future__ import annotations
 
 from flairseg.errors import run_cli
+from study import stops
 from study.cli import main
 
 __all__ = ["main"]
 
 if __name__ == "__main__":
-    run_cli(main, hard_exit_on_interrupt=True)  # Ray may be half-started
+    # Ray may be half-started; SIGTERM and SIGHUP exit 143 and 129 (study.stops)
+    run_cli(main, hard_exit_on_interrupt=True, interrupted_status=stops.exit_status)

@@ -33,6 +33,7 @@ from flairseg.dataset import Dataset
 from flairseg.engine import FAST, Speed
 from flairseg.errors import ConfigError
 from study import search as searches
+from study import stops
 
 WORKER_NICENESS = "RAY_worker_niceness"  # Ray's setting for the niceness of its workers
 
@@ -135,6 +136,7 @@ def start_ray(address: str | None) -> None:
         os.environ.setdefault(WORKER_NICENESS, "0")
         try:
             ray.init(**kwargs)
+            stops.install()  # ray.init put in its own SIGTERM handler
             _keep_token_private()
             check_interrupted()  # a Ctrl+C while Ray forked its processes was swallowed there
         except KeyboardInterrupt:
@@ -151,6 +153,7 @@ def start_ray(address: str | None) -> None:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             why = _auth_hint(ray_log()) or f"cannot join the Ray cluster ({first[:200]})"
             raise ConfigError(f"--address {address}: {why}") from None
+    stops.install()
     check_interrupted()
 
 

@@ -329,3 +329,15 @@ def test_env_example_holds_every_variable_compose_and_the_secret_need() -> None:
     for var in ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY", "RAY_AUTH_TOKEN"):
         assert example.get(var, "").startswith("change-me"), var  # a placeholder, never a value
     assert "12 characters" in text  # MLflow refuses a shorter admin password at its first start
+
+
+def test_the_drivers_get_time_to_pause_on_sigterm() -> None:
+    """A driver pauses on SIGTERM (study.stops): the stopper waits long enough for it."""
+    (cron,) = _docs("cronjob-sweep.yaml")
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] >= 60  # Kubernetes' default is 30
+    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    assert compose["services"]["sweep"]["stop_grace_period"] == "2m"  # Docker's default: 10 s
+    (cluster,) = [d for d in _docs("raycluster.yaml") if d["kind"] == "RayCluster"]
+    (container,) = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"]
+    assert int(_env(container)["RAY_JOB_STOP_WAIT_TIME_S"]["value"]) >= 60  # Ray's: 3 s

@@ -245,10 +245,14 @@ def _interrupt_and_resume(tmp_path: Path, phantom_dir: Path, sig: signal.Signals
     proc.wait(timeout=600)
     import optuna
 
-    if sig == signal.SIGINT:
-        assert proc.returncode == 130, log.read_text()
+    paused = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}  # exit statuses
+    if sig in paused:
+        assert proc.returncode == paused[sig], log.read_text()
         assert "--resume" in log.read_text()
         assert_nothing_running(env.runs("combo_alpha"))  # interrupted runs are KILLED
+    if sig in (signal.SIGTERM, signal.SIGHUP):
+        assert f"interrupted by {sig.name}:" in log.read_text()
+        assert "Traceback" not in log.read_text(), log.read_text()
     (trial_1,) = [r for r in env.runs("combo_alpha") if r.data.tags.get("optuna_trial") == "1"]
     logged_before = int(trial_1.data.tags["epochs_logged"])
     states = [t.state for t in env.study("combo_alpha").trials]
@@ -304,6 +308,14 @@ def _interrupt_and_resume(tmp_path: Path, phantom_dir: Path, sig: signal.Signals
 
 def test_sigint_then_resume(tmp_path: Path, phantom_dir: Path) -> None:
     _interrupt_and_resume(tmp_path, phantom_dir, signal.SIGINT)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_or_sighup_pauses_and_resume_finishes(
+    tmp_path: Path, phantom_dir: Path, sig: signal.Signals
+) -> None:
+    """What Kubernetes, SLURM, `docker stop` or a closed terminal send: a pause, as Ctrl+C."""
+    _interrupt_and_resume(tmp_path, phantom_dir, sig)
 
 
 def test_sigkill_of_the_driver_then_resume(tmp_path: Path, phantom_dir: Path) -> None:

@@ -1,0 +1,47 @@
+"""SIGTERM and SIGHUP pause a study as Ctrl+C does: `--resume` finishes it.
+
+Kubernetes, SLURM, `docker stop`, a node drain and a CronJob's deadline send the driver
+SIGTERM; a closed terminal sends SIGHUP. Each is turned into the driver's own SIGINT, so
+whatever handles a Ctrl+C at that moment handles it: Tune's handler during the trials
+(they stop at their last checkpoint and Tune saves its state), the driver's elsewhere.
+The invocation is recorded as interrupted and nothing is left RUNNING. The exit status
+says which signal came: 128 + its number (143 for SIGTERM, 129 for SIGHUP; 130 for
+Ctrl+C). `ray.init` puts in a SIGTERM handler of its own (an exit mid-run: the study
+FAILED and nothing to resume), so `install` runs again once Ray is up.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from typing import Any
+
+PAUSES = (signal.SIGTERM, signal.SIGHUP)
+_CAUGHT: list[int] = []  # the pausing signals this driver got, in order
+
+
+def install() -> None:
+    """SIGTERM and SIGHUP act as a Ctrl+C from now on (main thread only: Python's rule)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in PAUSES:
+        signal.signal(sig, _as_interrupt)
+
+
+def _as_interrupt(signum: int, frame: Any) -> None:
+    _CAUGHT.append(signum)
+    handler = signal.getsignal(signal.SIGINT)
+    if handler in (signal.SIG_IGN, signal.SIG_DFL, None):  # a background job ignores SIGINT
+        raise KeyboardInterrupt
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def caught() -> str | None:
+    """The name of the first pausing signal this driver got (None: none, or a Ctrl+C)."""
+    return signal.Signals(_CAUGHT[0]).name if _CAUGHT else None
+
+
+def exit_status(interrupted: int = 130) -> int:
+    """128 + the first pausing signal's number; `interrupted` (Ctrl+C's) when none came."""
+    return 128 + _CAUGHT[0] if _CAUGHT else interrupted
