@@ -32,12 +32,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from flairseg.errors import ArgumentParser, ConfigError, FlairsegError
 from flairseg.train import write_json
-from study import invocation, ledger, outbox, register, results, secrets, stops
+from study import invocation, ledger, outbox, outputs, register, results, secrets, stops
 from study.console import banner, headline, list_searches, print_summary, quiet
 from study.plan import Plan, make_plan, open_tracking, with_data
 from study.tuner import (
@@ -157,7 +156,7 @@ def check_args(args: argparse.Namespace) -> None:
     if not args.search:
         raise ConfigError("--search: give a search name (see --list) or a .yaml path")
     if args.json:
-        check_json(args.json)
+        outputs.writable_file(args.json, "--json")
     for flag in ("trials", "max_epochs", "concurrency", "image_size"):
         value = getattr(args, flag)
         if value is not None and value < 1:
@@ -170,16 +169,6 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--folds {args.folds}: must be at least 2")
     if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
         raise ConfigError(f"--gpus-per-trial {args.gpus_per_trial}: must be at least 0")
-
-
-def check_json(path: str) -> None:
-    """--json must be a file whose nearest existing folder is one (it is written last)."""
-    target = Path(path)
-    if target.is_dir():
-        raise ConfigError(f"--json {path}: is a folder; give a file name")
-    above = next((p for p in target.parents if p.exists()), None)
-    if above is not None and not above.is_dir():
-        raise ConfigError(f"--json {path}: {above} is not a folder")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,7 +30,7 @@ from flairseg.errors import ConfigError
 from flairseg.folds import check_folds
 from flairseg.phantom import PhantomSpec
 from flairseg.train import default_data
-from study import schema, secrets, tracking
+from study import outputs, schema, secrets, tracking
 from study import search as searches
 
 # flag (argparse dest) -> the search setting it overrides
@@ -111,6 +111,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     uri_flag = secrets.take(args.mlflow_uri, "--mlflow-uri") if args.mlflow_uri else None
     experiment = args.experiment if args.experiment is not None else search.name
     check_experiment_name(experiment, args.experiment is not None, search.source)
+    outputs.check(storage_root, args.storage, optuna_url, uri)
     # a --resume logs where its invocation logged (read from the study's record later)
     if not args.resume:
         tracking.check_experiment(uri, experiment)
