@@ -81,17 +81,7 @@ class Plan:
 
 def make_plan(args: argparse.Namespace) -> Plan:
     """The plan for parsed, range-checked flags; raises ConfigError naming the flag."""
-    # a password in a URL is taken out here: from now on the study carries none (secrets)
-    storage_root = results_root(secrets.take(args.storage, "--storage"))
-    given = args.optuna_storage or os.environ.get("OPTUNA_STORAGE")
-    optuna_url = secrets.take(given, "--optuna-storage") if given else None
-    optuna_url = optuna_url or (
-        f"sqlite:///{storage_root}/optuna.db" if "://" not in storage_root else None
-    )
-    if optuna_url is None:
-        raise ConfigError(
-            f"--storage {args.storage} is a URI: give --optuna-storage (a database URL)"
-        )
+    storage_root, optuna_url = stores(args)
     if args.address:
         secrets.take(args.address, "--address")  # refused with a password: Ray reads its token
     probe_address(args.address)
@@ -228,6 +218,22 @@ def _refuse(flag: str, name: str, given: bool, source: str, why: str) -> None:
         f"{flag} not given: its default, the search's name {shown} (from {source}), {why}; "
         f"give {flag} NAME"
     )
+
+
+def stores(args: argparse.Namespace) -> tuple[str, str]:
+    """The Tune folder or URI and Optuna's URL, each without its password: a password in a
+    URL is taken out here, and from now on the study carries none (study.secrets)."""
+    storage_root = results_root(secrets.take(args.storage, "--storage"))
+    given = args.optuna_storage or os.environ.get("OPTUNA_STORAGE")
+    optuna_url = secrets.take(given, "--optuna-storage") if given else None
+    optuna_url = optuna_url or (
+        f"sqlite:///{storage_root}/optuna.db" if "://" not in storage_root else None
+    )
+    if optuna_url is None:
+        raise ConfigError(
+            f"--storage {args.storage} is a URI: give --optuna-storage (a database URL)"
+        )
+    return storage_root, optuna_url
 
 
 def results_root(storage: str) -> str:
