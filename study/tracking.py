@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterator
@@ -66,6 +67,16 @@ def quick_failures(seconds: int = 10) -> contextlib.AbstractContextManager[None]
     )
 
 
+def artifact_root(db: Path | None, name: str) -> str | None:
+    """Where a new experiment of a SQLite store keeps its artifacts: `mlruns/NAME` beside
+    the database, whatever folder the study runs in (MLflow's default, `./mlruns`, follows
+    the working folder). None for a server or a database server: its own default."""
+    if db is None:
+        return None
+    slug = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:100] or "experiment"
+    return (db.resolve().parent / "mlruns" / slug).as_uri()
+
+
 def check_experiment(uri: str, name: str) -> None:
     """What `open_experiment` would refuse, found without writing: a SQLite store's missing
     folder, an unreachable server, a deleted experiment (a new SQLite file is not made)."""
@@ -97,7 +108,11 @@ def _experiment(uri: str, name: str, create: bool) -> str | None:
                 if not create:
                     return None
                 try:
-                    return c.create_experiment(name, tags=dict([schema.EXPERIMENT_KIND]))
+                    return c.create_experiment(
+                        name,
+                        artifact_location=artifact_root(db, name),
+                        tags=dict([schema.EXPERIMENT_KIND]),
+                    )
                 except Exception:  # created by a concurrent invocation in between
                     exp = c.get_experiment_by_name(name)
                     if exp is None:

@@ -65,3 +65,24 @@ def test_a_probe_leaves_nothing_and_a_missing_folder_is_tried_at_its_parent(
     outputs.writable_folder(tmp_path / "to" / "be" / "made", "--storage", "x")
     outputs.writable_file(str(tmp_path / "new" / "summary.json"), "--json")
     assert os.listdir(tmp_path) == []
+
+
+def test_a_sqlite_stores_artifacts_sit_beside_it_whatever_the_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from study import tracking
+    from study.schema import client
+
+    (tmp_path / "store").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    experiment = tracking.open_experiment(uri, "combo alpha")
+    c = client(uri)
+    where = c.get_experiment(experiment).artifact_location
+    assert where == (tmp_path / "store" / "mlruns" / "combo_alpha").as_uri()
+    run = c.create_run(experiment)
+    (tmp_path / "note.txt").write_text("x")
+    c.log_artifact(run.info.run_id, str(tmp_path / "note.txt"))
+    assert list((tmp_path / "store" / "mlruns").rglob("note.txt"))
+    assert os.listdir(tmp_path / "elsewhere") == []
