@@ -16,6 +16,7 @@ from typing import Any
 from study import confirm, tracking
 from study.callbacks import StudyCallback, for_invocation, say
 from study.schema import Artifact, Role, Tag
+from study.trainable import KEPT_FROM
 from study.tuner import fit
 
 
@@ -43,10 +44,15 @@ class ConfirmCallback(StudyCallback):
 
     def identity_tags(self, trial) -> dict[str, str]:
         case = self.config_of(trial)
-        tags = {Tag.CONFIRMS: str(case["optuna_trial"]), Tag.REPLICA: str(case["replica"])}
-        if case.get("kept"):  # trained nothing: its search trial had run this case in full
-            tags[Tag.KEPT] = case["kept"]
-        return tags
+        return {Tag.CONFIRMS: str(case["optuna_trial"]), Tag.REPLICA: str(case["replica"])}
+
+    def on_trial_result(
+        self, iteration: int, trials: list, trial, result: dict, **info: Any
+    ) -> None:
+        super().on_trial_result(iteration, trials, trial, result, **info)
+        run_id = self._run_of(trial)
+        if result.get(KEPT_FROM) and run_id is not None:  # trained nothing (study.confirm)
+            self.writes.set_tag(run_id, Tag.KEPT, result[KEPT_FROM])
 
     def _label(self, trial) -> str:
         case = self.config_of(trial)
@@ -96,7 +102,8 @@ def run(opened: Any, gpus: float) -> dict[str, Any] | None | str:
         return "interrupted"
     made = confirm.record(finalists, results, search)
     made["seconds"] = round(time.monotonic() - started, 1)
-    made["kept"] = sorted(kept)  # finalists whose search trial stood for a replica
+    # the finalists whose search trial stood for a replica, as the trials found them
+    made["kept"] = sorted({r["optuna_trial"] for r in results if r["metrics"].get(KEPT_FROM)})
     _log(opened, made)
     return made
 

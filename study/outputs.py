@@ -41,7 +41,7 @@ def writable_folder(folder: Path, flag: str, shown: str) -> None:
 def writable_file(path: str, flag: str) -> None:
     """A file the study writes at its end (`--json`): its folder takes files, and an
     existing file can be replaced."""
-    target = Path(path).expanduser()
+    target = Path(path)  # as write_json takes it: a shell has expanded any `~`
     if target.is_dir():
         raise ConfigError(f"{flag} {path}: is a folder; give a file name")
     writable_folder(target.parent, flag, path)
@@ -54,8 +54,8 @@ def database_answers(url: str, flag: str) -> None:
     scheme = parts.scheme.split("+")[0]
     if scheme not in DEFAULT_PORTS:
         return
-    if parts.hostname is None:  # a local socket (`postgresql:///db`): no host to try
-        return
+    if parts.hostname is None or "host=/" in parts.query or "unix_socket=" in parts.query:
+        return  # a local socket (`postgresql:///db`, `?host=/run/postgresql`): no host to try
     host = parts.hostname
     try:
         port = parts.port or DEFAULT_PORTS[scheme]
@@ -76,8 +76,10 @@ def check(storage_root: str, storage_flag: str, optuna_url: str, mlflow_uri: str
     if "://" not in storage_root:
         writable_folder(Path(storage_root), "--storage", storage_flag)
     for url, flag in ((optuna_url, "--optuna-storage"), (mlflow_uri, "--mlflow-uri")):
+        if url.startswith("sqlite://") and ":memory:" in url:
+            continue  # nothing on disk
         if url.startswith("sqlite:///"):
-            db = Path(url.removeprefix("sqlite:///"))
+            db = Path(url.removeprefix("sqlite:///").partition("?")[0])
             if db.parent.is_dir():  # a missing folder: the store's own check says so
                 writable_folder(db.parent, flag, secrets.redact(url))
         else:

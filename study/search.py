@@ -127,6 +127,8 @@ class SearchLoader(yaml.SafeLoader):
         """A key written twice in one mapping is refused (YAML lets the last one win)."""
         first: dict[Any, Any] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: {...}`: merged, not a key
+                continue
             key = self.construct_object(key_node, deep=True)
             try:
                 earlier = first.setdefault(key, key_node.start_mark)

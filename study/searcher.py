@@ -29,6 +29,7 @@ from study.settled import latest_checkpoint
 # Optuna warns and keeps the first value when a step comes twice (the last epoch, passed on
 # again at the end; the epochs a trial adopted on --resume trains again)
 _SAME_STEP = "The reported value is ignored because this"
+_ENDED_BEFORE: dict[str, bool] = {}  # Tune trial id -> its Optuna trial had ended at start
 
 
 class StudySearch(OptunaSearch):
@@ -122,9 +123,13 @@ class StudySearch(OptunaSearch):
         trial = adapters.searcher_trials(self).get(trial_id)
         if trial is None or trial_id in adapters.searcher_completed(self):
             return False
-        study = adapters.searcher_study(self)
-        frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
-        return frozen.state.is_finished()
+        # asked once per trial and driver process (not in the searcher's pickled state: a
+        # resumed driver asks again): while it runs, only this searcher can end the trial
+        if trial_id not in _ENDED_BEFORE:
+            study = adapters.searcher_study(self)
+            frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+            _ENDED_BEFORE[trial_id] = frozen.state.is_finished()
+        return _ENDED_BEFORE[trial_id]
 
     def _orphan(self):
         import optuna

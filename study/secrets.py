@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
+from urllib.parse import SplitResult, quote, unquote, urlsplit, urlunsplit
 
 from flairseg.errors import ConfigError
 
@@ -43,9 +43,13 @@ def _split(url: str) -> tuple[SplitResult, bool]:
     """urlsplit, and whether `url` is an address without a scheme (`user:PW@host:port`,
     which urlsplit alone reads as scheme `user` and a path, its password unseen)."""
     parts = urlsplit(url)
-    if "//" not in url and "@" in url and not parts.netloc:
-        return urlsplit("//" + url), True
-    return parts, False
+    if "://" in url or "@" not in url or parts.netloc:
+        return parts, False
+    # split by hand: a password may hold `/`, `?` or `#`, which end a URL's netloc
+    userinfo, _, where = url.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    quoted = quote(user, safe="") + (":" + quote(password, safe="") if colon else "")
+    return urlsplit(f"//{quoted}@{where}"), True
 
 
 def _unsplit(parts: SplitResult, bare: bool) -> str:

@@ -11,6 +11,7 @@ training. Tune, MLflow and the referee then see the same end, and Optuna's recor
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -40,11 +41,11 @@ def latest_checkpoint(experiment_path: str, number: int) -> str | None:
     root = Path(experiment_path)
     if not root.is_dir():
         return None
-    found = sorted(
-        (p for d in root.glob(f"trial-{number:04d}-*") for p in d.glob("checkpoint_*")),
-        key=lambda p: p.name,
-    )
+    found = (p for d in root.glob(f"trial-{number:04d}-*") for p in d.glob("checkpoint_*"))
     complete = [p for p in found if (p / STATE_FILE).exists()]
+    # by when it was written: a trial adopted on a resume numbers its checkpoints from 0
+    # again in a folder of its own, so names do not order checkpoints across folders
+    complete.sort(key=lambda p: ((p / STATE_FILE).stat().st_mtime_ns, p.name))
     return str(complete[-1]) if complete else None
 
 
@@ -58,6 +59,13 @@ def replay(number: int, state: str, experiment_path: str, planned: int) -> None:
     folder = latest_checkpoint(experiment_path, number)
     if folder is not None:
         report_again(folder, planned)
+        return
+    from ray import tune
+
+    known = tune.get_checkpoint()  # a remote --storage: the newest Tune's state names
+    if known is not None:
+        with known.as_directory() as where:
+            report_again(where, planned)
 
 
 def report_again(folder: str, planned: int) -> None:
@@ -72,7 +80,7 @@ def report_again(folder: str, planned: int) -> None:
         return
     with tempfile.TemporaryDirectory(prefix="flairseg-ckpt-") as copy:
         shutil.copytree(folder, copy, dirs_exist_ok=True)
-        tune.report(
-            {**history[-1], "planned_epochs": planned},
+        tune.report(  # with its epochs, whose MLflow writes the kill may have cut short
+            {**history[-1], "planned_epochs": planned, "resumed_history": json.dumps(history)},
             checkpoint=tune.Checkpoint.from_directory(copy),
         )

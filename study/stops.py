@@ -19,22 +19,35 @@ from typing import Any
 
 PAUSES = (signal.SIGTERM, signal.SIGHUP)
 _CAUGHT: list[int] = []  # the pausing signals this driver got, in order
+_IGNORED: set[int] = set()  # ignored when the driver started (`nohup`: SIGHUP): left so
 
 
 def install() -> None:
-    """SIGTERM and SIGHUP act as a Ctrl+C from now on (main thread only: Python's rule)."""
+    """SIGTERM and SIGHUP act as a Ctrl+C from now on (main thread only: Python's rule),
+    but for one the driver was started ignoring (`nohup` ignores SIGHUP: a logout must not
+    pause a study started so)."""
     if threading.current_thread() is not threading.main_thread():
         return
     for sig in PAUSES:
-        signal.signal(sig, _as_interrupt)
+        if signal.getsignal(sig) is signal.SIG_IGN:
+            _IGNORED.add(sig)
+        if sig not in _IGNORED:
+            signal.signal(sig, _as_interrupt)
 
 
 def _as_interrupt(signum: int, frame: Any) -> None:
+    if _CAUGHT:  # one pause is enough: a second signal (a hangup often comes twice) must
+        return  # not break into Tune's saving its state; SIGKILL stops at once if need be
     _CAUGHT.append(signum)
     handler = signal.getsignal(signal.SIGINT)
     if handler in (signal.SIG_IGN, signal.SIG_DFL, None):  # a background job ignores SIGINT
         raise KeyboardInterrupt
     os.kill(os.getpid(), signal.SIGINT)
+
+
+def interrupted() -> bool:
+    """Whether a pausing signal came (one raised where Python swallows it included)."""
+    return bool(_CAUGHT)
 
 
 def caught() -> str | None:

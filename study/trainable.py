@@ -50,6 +50,7 @@ from flairseg.patients import patient_scores
 from study import referee, settled
 from study.referee import Rungs
 
+KEPT_FROM = "kept_from"  # a confirmation's result: the search checkpoint it kept
 PATIENTS_FILE = "patients.json"  # in a confirmation's last checkpoint: {patient: scores}
 SLOW_TRIAL = "FLAIRSEG_TEST_SLOW_TRIAL"  # tests only: "N:SECONDS" slows trial N's every epoch
 
@@ -65,6 +66,7 @@ def run_trial(
     `train_trial` with `options`. `ended`: on --resume, the trials Optuna holds ended
     (study.settled); such a trial, restored by Tune from a state saved before its end,
     reports its newest checkpoint in `experiment_path` again instead of training."""
+    keep_private()  # what this worker writes (patient-derived) is not readable by others
     number = int(config.get("optuna_trial", -1))
     if ended and number in ended:
         epochs = int(config["flairseg"]["epochs"])
@@ -162,22 +164,28 @@ def run_confirmation(
 ) -> None:
     """A confirmation trial (study.confirm): case `config["case"]` trained to its full
     budget, no early stopping, its val patients scored in its last checkpoint."""
+    keep_private()
     case = cases[int(config["case"])]
-    kept = Path(case.get("kept") or "/nonexistent")
-    if (kept / STATE_FILE).exists():  # its search trial: what training it again would repeat
-        return report_kept(case, kept, data, speed, folds)
+    if case.get("kept") and report_kept(case, Path(case["kept"]), data, speed, folds):
+        return  # its search trial stands for it: what training it again would repeat
     train_trial(case, data, threads=threads, speed=speed, folds=folds, patients=True)
 
 
 def report_kept(
     case: dict[str, Any], kept: Path, data: Dataset, speed: Speed, folds: int | None
-) -> None:
+) -> bool:
     """A finalist's search trial ran this case's full budget (same config, seed, folds):
     its last checkpoint is reported as the confirmation's, with each val patient's scores
-    (each fold's model on its own val patients) added, as a retrained case would have."""
+    (each fold's model on its own val patients) added, as a retrained case would have, and
+    `kept_from` naming it. False (nothing reported: the case trains) where this worker
+    cannot read it or it holds another config or fewer epochs."""
+    if not (kept / STATE_FILE).exists():
+        return False
     ckpt = load_checkpoint(kept / STATE_FILE)
-    _, model = model_from_checkpoint(ckpt)
+    trained, model = model_from_checkpoint(ckpt)
     config = TrainConfig.from_dict(case["flairseg"])
+    if trained.to_dict() != config.to_dict() or int(ckpt.get("epoch", 0)) < config.epochs:
+        return False
     members = list(model.members) if isinstance(model, Ensemble) else [model]
     vals = [d.val for d in make_folds(data, folds, config.split_seed)[1]] if folds else [data.val]
     device = pick_device()
@@ -193,9 +201,10 @@ def report_kept(
         shutil.copytree(kept, folder, dirs_exist_ok=True)
         save_patients(folder, scores)
         tune.report(
-            {**ckpt["history"][-1], "planned_epochs": config.epochs},
+            {**ckpt["history"][-1], "planned_epochs": config.epochs, KEPT_FROM: str(kept)},
             checkpoint=tune.Checkpoint.from_directory(folder),
         )
+    return True
 
 
 def stopped_on_resume(

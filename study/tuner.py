@@ -109,8 +109,8 @@ def _unless_interrupt(unraisable: Any, hook: Callable[[Any], None]) -> None:
 
 
 def check_interrupted() -> None:
-    """Raise KeyboardInterrupt if a Ctrl+C came, even one that was swallowed."""
-    if _SIGINTS:
+    """Raise KeyboardInterrupt if a Ctrl+C (or SIGTERM, SIGHUP) came, even one swallowed."""
+    if _SIGINTS or stops.interrupted():
         raise KeyboardInterrupt
 
 
@@ -390,7 +390,8 @@ def fit(tuner: Any) -> tuple[float, bool]:
         tune_caught = signal.getsignal(signal.SIGINT) is ours and _tune_catches_sigint()
         if ours is not None:
             signal.signal(signal.SIGINT, ours)
-    return time.monotonic() - started, stopped or tune_caught or bool(_SIGINTS)
+    stopped = stopped or tune_caught or bool(_SIGINTS) or stops.interrupted()
+    return time.monotonic() - started, stopped
 
 
 def _tune_catches_sigint() -> bool:

@@ -141,6 +141,8 @@ def test_the_same_key_in_two_mappings_is_no_repeat(tmp_path: Path) -> None:
     path = tmp_path / "twice.yaml"
     path.write_text(GOOD + "laptop: {trials: 1, asha: {max_epochs: 1}}\n")
     assert searches.read_yaml(path)["laptop"]["trials"] == 1
+    path.write_text(GOOD + "laptop: {<<: {trials: 2}, asha: {max_epochs: 1}}\n")  # a merge
+    assert searches.read_yaml(path)["laptop"]["trials"] == 2
 
 
 @pytest.mark.parametrize(

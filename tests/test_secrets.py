@@ -43,6 +43,8 @@ def test_an_address_without_a_scheme_loses_its_password_too() -> None:
     assert secrets.redact(f"u:{ENCODED}@10.0.0.5:6379") == "u:***@10.0.0.5:6379"
     assert secrets.redact("u:secret@host") == "u:***@host"
     assert secrets.without_password("u:secret@host:6379") == ("u@host:6379", "u", "secret")
+    assert secrets.redact("u:pa/ss#x?y@host:1") == "u:***@host:1"  # ends no netloc here
+    assert secrets.without_password("u:pa/ss@h:1") == ("u@h:1", "u", "pa/ss")
     assert secrets.redact("10.0.0.5:6379") == "10.0.0.5:6379"  # nothing to hide
     assert secrets.redact("auto") == "auto"
 

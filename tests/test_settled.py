@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import optuna
@@ -38,8 +39,10 @@ def test_latest_checkpoint_is_the_newest_complete_one_of_any_folder_of_the_trial
             (path / "state.pt").write_bytes(b"x")
         return path
 
-    checkpoint("trial-0003-aaaa", "checkpoint_000001")
-    newest = checkpoint("trial-0003-bbbb", "checkpoint_000002")  # adopted in a new folder
+    older = checkpoint("trial-0003-aaaa", "checkpoint_000005")
+    newest = checkpoint("trial-0003-bbbb", "checkpoint_000002")  # adopted: numbered anew
+    os.utime(older / "state.pt", ns=(10**18, 10**18))
+    os.utime(newest / "state.pt", ns=(2 * 10**18, 2 * 10**18))
     checkpoint("trial-0003-bbbb", "checkpoint_000003", complete=False)  # cut while written
     checkpoint("trial-0013-cccc", "checkpoint_000009")  # another trial
     assert settled.latest_checkpoint(str(tmp_path), 3) == str(newest)

@@ -19,6 +19,8 @@ from study import stops
 def main(argv):
     if sys.argv[1] == "ignored":  # a background job: SIGINT ignored
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.argv[1] == "nohup":  # started by nohup: SIGHUP ignored
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     stops.install()
     print("ready", flush=True)
     while True:
@@ -53,3 +55,18 @@ def test_a_pausing_signal_ends_the_driver_as_ctrl_c_with_its_own_status(
         proc.kill()
     assert proc.returncode == status, err
     assert err.strip() == "interrupted", err  # one line, no traceback
+
+
+def test_a_driver_started_by_nohup_keeps_ignoring_sighup() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WAITER, "nohup"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGHUP)  # a logout: ignored, as nohup asked
+        proc.send_signal(signal.SIGTERM)  # and then a real stop
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err  # the SIGTERM's, not the SIGHUP's 129
