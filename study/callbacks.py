@@ -19,11 +19,12 @@ from ray.tune import Callback
 
 from flairseg.config import TrainConfig
 from flairseg.evolution import EVOLUTION_FILE, Evolution
-from study import outbox, schema, tracking
+from study import diskfull, outbox, schema, stops, tracking
 from study.outbox import Outbox
 from study.schema import Artifact, Param, Role, Status, Tag
 
 STATUS_EVERY_S = 30.0
+NOTES_EVERY_S = 2.0  # how often the driver asks whether a trial found its disk full
 CONFIG_KEYS = (
     "flairseg",
     "optuna_trial",
@@ -80,7 +81,7 @@ class StudyCallback(Callback):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_client"] = None
+        state["_client"] = state["_notes"] = None  # Ray handles: found again in `setup`
         return state  # the outbox pickles without its client, its journal is on disk
 
     @property
@@ -120,6 +121,7 @@ class StudyCallback(Callback):
     def setup(self, **info: Any) -> None:
         """Find the runs this study already has (a resumed invocation keeps logging there)."""
         self._started = self._last_status = time.monotonic()
+        self._notes, self._notes_asked = diskfull.start(), 0.0  # a trial's full disk
         for run in schema.study_runs(self.client, self.experiment_id, self.study, role=self.role):
             key = self.key_of_run(run)
             if key is None:
@@ -225,6 +227,18 @@ class StudyCallback(Callback):
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         self._maybe_status(trials, force=False)
+        self._full_disk()
+
+    def _full_disk(self) -> None:
+        """A trial that found no room for its checkpoint pauses the study (study.diskfull)."""
+        now = time.monotonic()
+        if getattr(self, "_notes", None) is None or now - self._notes_asked < NOTES_EVERY_S:
+            return
+        self._notes_asked = now
+        said = diskfull.heard(self._notes)
+        if said:
+            diskfull.release()  # room for Tune to save its state whole, and for the stores
+            stops.pause(f"({said})", diskfull.EXIT_NO_SPACE)
 
     # -- helpers ------------------------------------------------------------------
 

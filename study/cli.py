@@ -36,7 +36,7 @@ from typing import Any
 
 from flairseg.errors import ArgumentParser, ConfigError, FlairsegError
 from flairseg.train import write_json
-from study import invocation, ledger, outbox, outputs, register, results, secrets, stops
+from study import diskfull, invocation, ledger, outbox, outputs, register, results, secrets, stops
 from study.console import banner, headline, list_searches, print_summary, quiet
 from study.plan import Plan, make_plan, open_tracking, with_data
 from study.tuner import (
@@ -174,7 +174,7 @@ def check_args(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m study.run`: the exit status (0, 1 when no trial succeeded, 3 when MLflow
     did not answer by the end, 130 when interrupted, 143 or 129 when SIGTERM or SIGHUP
-    paused it); a bad input raises ConfigError,
+    paused it, 75 when a disk filled: study.diskfull); a bad input raises ConfigError,
     which `run_cli` turns into exit 2."""
     args = build_parser().parse_args(argv)
     quiet()
@@ -204,14 +204,28 @@ def run_study(plan: Plan, storage: Any) -> int:
     """Open the invocation, run its trials, then summarise, score and report (the caller
     holds the study's lock). Once the parent run exists an error or Ctrl+C ends it (and
     the record) before it goes on up: nothing is left RUNNING."""
-    opened = invocation.open_invocation(plan, storage)
+    # room set aside for a pause's writes (study.diskfull), before anything is opened
+    diskfull.reserve([plan.results_root, plan.optuna_url, plan.mlflow_uri])
+    try:
+        opened = invocation.open_invocation(plan, storage)
+    finally:
+        if locals().get("opened") is None:
+            diskfull.release()
     if opened is None:
         return 0
     try:
         ended = run_trials(opened, storage)
+        diskfull.release()
     except BaseException as err:
-        invocation.end_early(opened, err)
-        raise
+        diskfull.release()  # room for the record of the end
+        if not diskfull.is_full(err):
+            invocation.end_early(opened, err)
+            raise
+        # a write of the driver's own found no room: a pause, as a trial's would be
+        where = diskfull.where(err, [opened.record.path, plan.optuna_url, plan.mlflow_uri])
+        stops.record(f"({diskfull.note(where)})", diskfull.EXIT_NO_SPACE)
+        invocation.end_early(opened, KeyboardInterrupt())
+        return stops.exit_status()
     if isinstance(ended, int):  # interrupted, or MLflow away: recorded and said
         return ended
     line, ok = ended

@@ -321,7 +321,7 @@ def mark_interrupted(opened: Opened) -> None:
         plan.mlflow_uri, plan.experiment_id, plan.study_name, reason=Status.INTERRUPTED
     )
     ledger.mark(opened.study, opened.record.number, "interrupted")
-    by = f" by {stops.caught()}" if stops.caught() else ""
+    by = f" {stops.caught()}" if stops.caught() else ""
     print(
         f"interrupted{by}: {n} runs marked KILLED in MLflow; finish this invocation with\n"
         f"  {plan.resume_command}",

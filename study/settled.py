@@ -46,7 +46,18 @@ def latest_checkpoint(experiment_path: str, number: int) -> str | None:
     # by when it was written: a trial adopted on a resume numbers its checkpoints from 0
     # again in a folder of its own, so names do not order checkpoints across folders
     complete.sort(key=lambda p: ((p / STATE_FILE).stat().st_mtime_ns, p.name))
-    return str(complete[-1]) if complete else None
+    # the newest that loads: one a full disk cut short is never read back as whole
+    return next((str(p) for p in reversed(complete) if _loads(p / STATE_FILE)), None)
+
+
+def _loads(path: Path) -> bool:
+    from flairseg.checkpoint import load_checkpoint
+
+    try:
+        load_checkpoint(path)
+    except Exception:  # truncated: torch's zip reader refuses it
+        return False
+    return True
 
 
 def replay(number: int, state: str, experiment_path: str, planned: int) -> None:

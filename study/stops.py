@@ -18,7 +18,8 @@ import threading
 from typing import Any
 
 PAUSES = (signal.SIGTERM, signal.SIGHUP)
-_CAUGHT: list[int] = []  # the pausing signals this driver got, in order
+# what paused this driver ("by SIGTERM", or a full disk's line) and its exit status
+_CAUGHT: list[tuple[str, int]] = []
 _IGNORED: set[int] = set()  # ignored when the driver started (`nohup`: SIGHUP): left so
 
 
@@ -36,13 +37,25 @@ def install() -> None:
 
 
 def _as_interrupt(signum: int, frame: Any) -> None:
+    pause(f"by {signal.Signals(signum).name}", 128 + signum)
+
+
+def pause(why: str, status: int) -> None:
+    """Stop the study as a Ctrl+C does, `why` said and `status` its exit status (a signal,
+    or a disk found full: study.diskfull)."""
     if _CAUGHT:  # one pause is enough: a second signal (a hangup often comes twice) must
         return  # not break into Tune's saving its state; SIGKILL stops at once if need be
-    _CAUGHT.append(signum)
+    record(why, status)
     handler = signal.getsignal(signal.SIGINT)
     if handler in (signal.SIG_IGN, signal.SIG_DFL, None):  # a background job ignores SIGINT
         raise KeyboardInterrupt
     os.kill(os.getpid(), signal.SIGINT)
+
+
+def record(why: str, status: int) -> None:
+    """Note what paused the driver (the first thing only) without stopping anything."""
+    if not _CAUGHT:
+        _CAUGHT.append((why, status))
 
 
 def interrupted() -> bool:
@@ -51,10 +64,12 @@ def interrupted() -> bool:
 
 
 def caught() -> str | None:
-    """The name of the first pausing signal this driver got (None: none, or a Ctrl+C)."""
-    return signal.Signals(_CAUGHT[0]).name if _CAUGHT else None
+    """What paused this driver ("by SIGTERM", a full disk's line; None: nothing, or a
+    Ctrl+C)."""
+    return _CAUGHT[0][0] if _CAUGHT else None
 
 
 def exit_status(interrupted: int = 130) -> int:
-    """128 + the first pausing signal's number; `interrupted` (Ctrl+C's) when none came."""
-    return 128 + _CAUGHT[0] if _CAUGHT else interrupted
+    """128 + the first pausing signal's number (a full disk: 75); `interrupted` (Ctrl+C's)
+    when none came."""
+    return _CAUGHT[0][1] if _CAUGHT else interrupted

@@ -47,7 +47,7 @@ from flairseg.evolution import (
 )
 from flairseg.folds import make_folds
 from flairseg.patients import patient_scores
-from study import referee, settled
+from study import diskfull, referee, settled
 from study.referee import Rungs
 
 KEPT_FROM = "kept_from"  # a confirmation's result: the search checkpoint it kept
@@ -96,15 +96,10 @@ def train_trial(
     confirmation stage's paired comparison (study.confirm).
     """
     torch.set_num_threads(max(1, int(threads)))
-    # the checkpoints this worker writes (model states: patient-derived) are not readable
-    # by others, whatever umask the cluster's `ray start` had
-    keep_private()
+    keep_private()  # checkpoints stay private, whatever umask `ray start` gave the worker
     train_config = TrainConfig.from_dict(config["flairseg"])
     fold_data = make_folds(data, folds, train_config.split_seed) if folds else None
-    val = fold_data[1][0].val if fold_data else data.val
-    index = pick_slices(val, EVOLUTION_SLICES)
-    evolution = Evolution.of(val, index)
-    evolution_inputs, _ = val.batch(torch.tensor(index))
+    evolution, evolution_inputs = _evolution_of(fold_data[1][0].val if fold_data else data.val)
     resume, evolution = _resumed(config, evolution)
     # after a resume, the first report carries the epochs before it: a driver killed
     # between a checkpoint and its MLflow write logs them from here (see callbacks)
@@ -116,11 +111,16 @@ def train_trial(
 
     def on_epoch(report: EpochReport | FoldsReport) -> bool:
         time.sleep(slow)
-        with tempfile.TemporaryDirectory(prefix="flairseg-ckpt-") as folder:
+        # a checkpoint the disk has no room for pauses the study (study.diskfull)
+        with (
+            diskfull.checkpointing(_trial_folder()),
+            tempfile.TemporaryDirectory(prefix="flairseg-ckpt-") as folder,
+        ):
             save_epoch(report, evolution, evolution_inputs, folder)
             if patients and report.epoch >= train_config.epochs:
                 vals = [d.val for d in fold_data[1]] if fold_data else [data.val]
                 save_patients(folder, scores_by_patient(report, vals))
+            diskfull.measured(folder)
             tune.report(
                 {**report.metrics, "planned_epochs": train_config.epochs, **backfill},
                 checkpoint=tune.Checkpoint.from_directory(folder),
@@ -133,6 +133,23 @@ def train_trial(
     else:
         plan, datasets = fold_data
         train_folds(train_config, plan, datasets, on_epoch=on_epoch, resume=resume, speed=speed)
+
+
+def _evolution_of(val: Part) -> tuple[Evolution, torch.Tensor]:
+    """The evolution pictures' record and their input slices, chosen from `val`."""
+    index = pick_slices(val, EVOLUTION_SLICES)
+    inputs, _ = val.batch(torch.tensor(index))
+    return Evolution.of(val, index), inputs
+
+
+def _trial_folder() -> str:
+    """Where this trial's checkpoints go (Tune's storage, a DeveloperAPI; else its
+    working folder)."""
+    context = tune.get_context()
+    try:
+        return str(context.get_storage().trial_fs_path)
+    except Exception:  # an API Ray may move: the folder is only named in a message
+        return context.get_trial_dir()
 
 
 def _resumed(

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 
+from flairseg.checkpoint import CHECKPOINT_FORMAT
 from study import settled
 
 
@@ -36,7 +38,7 @@ def test_latest_checkpoint_is_the_newest_complete_one_of_any_folder_of_the_trial
         path = tmp_path / folder / name
         path.mkdir(parents=True)
         if complete:
-            (path / "state.pt").write_bytes(b"x")
+            torch.save({"format": CHECKPOINT_FORMAT, "epoch": 1}, path / "state.pt")
         return path
 
     older = checkpoint("trial-0003-aaaa", "checkpoint_000005")
