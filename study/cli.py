@@ -224,7 +224,12 @@ def run_study(plan: Plan, storage: Any) -> int:
         # a write of the driver's own found no room: a pause, as a trial's would be
         where = diskfull.where(err, [opened.record.path, plan.optuna_url, plan.mlflow_uri])
         stops.record(f"({diskfull.note(where)})", diskfull.EXIT_NO_SPACE)
-        invocation.end_early(opened, KeyboardInterrupt())
+        if not invocation.end_early(opened, KeyboardInterrupt()):  # its line unsaid
+            print(
+                f"interrupted {stops.caught()}: once there is room, finish this invocation "
+                f"with\n  {opened.plan.resume_command}",
+                file=sys.stderr,
+            )
         return stops.exit_status()
     if isinstance(ended, int):  # interrupted, or MLflow away: recorded and said
         return ended

@@ -32,6 +32,9 @@ def quiet() -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     for name in ("ray", "mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING if name != "ray" else logging.ERROR)
+    # MLflow's SQL store logs each failed query with its traceback, then raises it to us:
+    # the study says it in its own line (a full disk: study.diskfull)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def list_searches() -> None:

@@ -141,7 +141,7 @@ def folders(places: list[str]) -> list[str]:
     found = []
     for place in places:
         if place.startswith("sqlite:///"):
-            path = Path(place.removeprefix("sqlite:///").partition("?")[0]).parent
+            path = Path(place.removeprefix("sqlite:///").partition("?")[0]).resolve().parent
         elif "://" not in place:
             path = Path(place)
         else:

@@ -329,12 +329,13 @@ def mark_interrupted(opened: Opened) -> None:
     )
 
 
-def end_early(opened: Opened, err: BaseException) -> None:
+def end_early(opened: Opened, err: BaseException) -> bool:
     """An error or Ctrl+C once the parent run exists; the caller re-raises `err`. Ctrl+C
     interrupts the invocation (`mark_interrupted`); an error fails it: its stray runs
     KILLED and trials failed (killed), the parent FAILED, the record `failed`. Each step
     is tried though one before failed (the store that raised `err` may refuse them too):
-    nothing that can be ended stays RUNNING, and a step that failed is said in a line."""
+    nothing that can be ended stays RUNNING, and a step that failed is said in a line.
+    Whether every step was done."""
     plan = opened.plan
     if isinstance(err, KeyboardInterrupt):
         steps = [lambda: mark_interrupted(opened)]
@@ -359,6 +360,7 @@ def end_early(opened: Opened, err: BaseException) -> None:
             f"be closed ({failed[0]}); the next invocation closes it out",
             file=sys.stderr,
         )
+    return not failed
 
 
 def _end_parent(client: Any, parent_id: str, err: BaseException) -> None:

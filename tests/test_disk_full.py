@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import sqlite3
 import subprocess
 from collections.abc import Iterator
@@ -180,4 +181,34 @@ def assert_paused_then_finished(env: StudyEnv, args: tuple[str, ...]) -> None:
     for kid in kids:
         steps = [m.step for m in c.get_metric_history(kid.info.run_id, "val_loss")]
         assert steps == list(range(1, int(kid.data.tags["epochs"]) + 1))  # no epoch twice
+    assert not [r for r in env.runs("combo_alpha") if r.info.status == "RUNNING"]
+
+
+@pytest.mark.slow
+def test_a_full_disk_under_the_mlflow_store_alone_pauses_too(
+    small_disk: Path, phantom_dir: Path, tmp_path: Path
+) -> None:
+    """The driver's own write (MLflow's SQLite store) is the one that finds no room."""
+    from study_helpers import mlflow_template
+
+    root = tmp_path / "s"
+    root.mkdir()
+    shutil.copyfile(mlflow_template(), small_disk / "mlflow.db")
+    (root / "mlflow.db").symlink_to(small_disk / "mlflow.db")  # checkpoints stay on /tmp
+    env = StudyEnv(root, phantom_dir)
+    args = ("--search", "combo_alpha", "--image-size", "32", "--concurrency", "1")
+    args += ("--trials", "3", "--max-epochs", "6")
+    proc, log = env.start(*args, env_extra={"FLAIRSEG_TEST_SLOW_TRIAL": "1:2"})
+    wait_for(log, "trial #0 ", proc)
+    filler = fill(small_disk)
+    proc.wait(timeout=600)
+    text = log.read_text()
+    assert proc.returncode == diskfull.EXIT_NO_SPACE, text
+    assert f"interrupted (no space left in {small_disk})" in text, text
+    assert "Traceback" not in text, text
+    filler.unlink()
+    resumed = env.run(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    trials = env.study("combo_alpha").trials
+    assert len(trials) == 3 and all(t.state.is_finished() and t.value is not None for t in trials)
     assert not [r for r in env.runs("combo_alpha") if r.info.status == "RUNNING"]
