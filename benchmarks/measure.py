@@ -20,7 +20,7 @@ import torch
 
 from flairseg.config import TrainConfig
 from flairseg.dataset import Part, load_dataset
-from flairseg.engine import Speed, Trainer, pick_device, train
+from flairseg.engine import Speed, Trainer, evaluation_pass, pick_device, train
 from flairseg.evolution import EVOLUTION_SLICES, Evolution, pick_slices, save_epoch
 from flairseg.speed import allow_tf32, precision_name
 from flairseg.train import default_data
@@ -199,20 +199,23 @@ def measure_peaks(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def sync_check(spec: dict[str, Any]) -> dict[str, Any]:
-    """One training epoch's batches under `torch.cuda.set_sync_debug_mode("error")`: any
-    host-device sync inside the step raises (and fails this row, naming the call)."""
+    """One training epoch's batches and one evaluation pass over val under
+    `torch.cuda.set_sync_debug_mode("error")`: any host-device sync inside them raises
+    (and fails this row, naming the call)."""
     device = pick_device(spec["device"])
     config = TrainConfig(
         model=spec["model"], image_size=spec["image_size"], augment=True, **spec.get("knobs", {})
     )
     data = load_dataset(default_data(), config)
     trainer = Trainer(config, device, Speed())
-    part = trainer.to_device(data.train)
+    part, val = trainer.to_device(data.train), trainer.to_device(data.val)
     trainer.train_epoch(part)  # cuDNN's autotuning and the first allocations, outside the check
+    evaluation_pass(trainer.state.model, val, trainer.loss_fn, device, amp=True)
     sync(device)
     torch.cuda.set_sync_debug_mode("error")
     try:
         total = trainer.train_batches(part)
+        evaluation_pass(trainer.state.model, val, trainer.loss_fn, device, amp=True)
     finally:
         torch.cuda.set_sync_debug_mode(0)
     return {"model": spec["model"], "batches": -(-len(part) // config.batch_size),
