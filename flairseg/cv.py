@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from flairseg import fused
 from flairseg.config import TrainConfig
 from flairseg.cvkeys import fold_key, single_key, std_key
 from flairseg.dataset import Dataset, Part
@@ -66,6 +67,7 @@ class FoldsState:
     fingerprint: str
     epoch: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    fused: bool = False  # the fold models trained in one fused step (not checkpointed)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -139,8 +141,9 @@ def train_folds(
     ]
     started = time.perf_counter()
     stopped_early = False
+    state.fused = fused.chosen(trainers, [train for train, _ in parts])
     for epoch in range(state.epoch + 1, config.epochs + 1):
-        per_fold = [t.run_epoch(epoch, *p) for t, p in zip(trainers, parts, strict=True)]
+        per_fold = _epoch(trainers, parts, epoch, state.fused)
         metrics = combine(per_fold)
         state.epoch = epoch
         state.history.append(metrics)
@@ -152,6 +155,18 @@ def train_folds(
             stopped_early = epoch < config.epochs
             break
     return FoldsResult(state, time.perf_counter() - started, stopped_early)
+
+
+def _epoch(trainers: list[Trainer], parts: list, epoch: int, fuse: bool) -> list[dict]:
+    """One epoch of every fold model: trained fused (flairseg.fused) or one after
+    another, each then scored on its own val; each fold's metrics."""
+    if not fuse:
+        return [t.run_epoch(epoch, *p) for t, p in zip(trainers, parts, strict=True)]
+    losses = fused.train_epoch(trainers, [train for train, _ in parts])
+    return [
+        t.finish_epoch(epoch, loss, val)
+        for t, loss, (_, val) in zip(trainers, losses, parts, strict=True)
+    ]
 
 
 def restore_folds(state: FoldsState, ckpt: dict[str, Any]) -> None:

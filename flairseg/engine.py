@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from flairseg import metrics as M
 from flairseg.augment import augment, draw
 from flairseg.checkpoint import (  # noqa: F401  (re-exported: the engine's API)
     CHECKPOINT_FORMAT,
@@ -32,6 +31,7 @@ from flairseg.config import TrainConfig
 from flairseg.dataset import Dataset, Part
 from flairseg.ensemble import Ensemble
 from flairseg.errors import ConfigError
+from flairseg.evaluation import evaluate, evaluation_pass  # noqa: F401  (re-exported)
 from flairseg.speed import FAST, Speed, amp_dtype, layout, mixed_precision, true_fp32
 
 
@@ -75,54 +75,6 @@ def predict_probs(
 
 
 @torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    part: Part,
-    loss_fn: nn.Module,
-    prefix: str,
-    device: torch.device | str = "cpu",
-    batch_size: int = 32,
-    amp: bool = True,
-) -> dict[str, float]:
-    """Loss, micro scores over every pixel of `part`, and the mean per-patient volume Dice.
-
-    Keys: {prefix}_loss, {prefix}_pixel_accuracy, {prefix}_mean_accuracy, {prefix}_iou,
-    {prefix}_dice, {prefix}_volume_dice. `amp` as in `predict_probs`.
-    """
-    loss_sum, per_slice = evaluation_pass(model, part, loss_fn, device, batch_size, amp)
-    # the pass's one device-to-host read: its loss and every slice's counts together
-    host = torch.cat([loss_sum.reshape(1), *per_slice]).cpu()
-    per_slice = M.Confusion(*host[1:].reshape(4, -1))
-    result = {f"{prefix}_loss": float(host[0]) / max(len(part), 1)}
-    result.update({f"{prefix}_{k}": v for k, v in M.micro(per_slice).items()})
-    result[f"{prefix}_volume_dice"] = M.volume_dice(per_slice, part.patient.cpu())
-    return result
-
-
-def evaluation_pass(
-    model: nn.Module,
-    part: Part,
-    loss_fn: nn.Module,
-    device: torch.device | str = "cpu",
-    batch_size: int = 32,
-    amp: bool = True,
-) -> tuple[torch.Tensor, M.Confusion]:
-    """`model` over `part`, batch by batch, nothing read back: the summed loss (float64)
-    and each slice's confusion counts, left on the device (no host-device sync)."""
-    model.eval()
-    device = torch.device(device)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    counts = []
-    for start in range(0, len(part), batch_size):
-        index = torch.arange(start, min(start + batch_size, len(part)), device=part.images.device)
-        x, y = part.batch(index, device)
-        with true_fp32(device, amp), mixed_precision(device, amp):
-            logits = model(x)
-        loss_sum += loss_fn(logits.float(), y).double() * len(index)
-        counts.append(M.confusion(torch.sigmoid(logits.float()), y))
-    return loss_sum, M.Confusion(*(torch.cat([c[i] for c in counts]) for i in range(4)))
-
-
 def score_model(
     model: nn.Module,
     parts: dict[str, Part],
@@ -260,8 +212,11 @@ class Trainer:
     def run_epoch(self, epoch: int, train_part: Part, val_part: Part) -> dict[str, float]:
         """Train one epoch, score `val_part`, record it in the state; the epoch's metrics.
         Raises DivergedError on a NaN or infinite train loss."""
+        return self.finish_epoch(epoch, self.train_epoch(train_part), val_part)
+
+    def finish_epoch(self, epoch: int, train_loss: float, val_part: Part) -> dict[str, float]:
+        """After an epoch's training (its mean loss): score `val_part`, record the epoch."""
         state, config = self.state, self.state.config
-        train_loss = self.train_epoch(train_part)
         if not math.isfinite(train_loss):
             raise DivergedError(f"train loss became {train_loss} at epoch {epoch} (lr={config.lr})")
         metrics = {"epoch": epoch, "train_loss": train_loss}
@@ -285,34 +240,51 @@ class Trainer:
         moved to the device once, so a batch of resident data costs no host-device copy
         or sync (benchmarks.train_step --sync-check holds that on CUDA).
         """
-        state, device, config = self.state, self.device, self.state.config
+        plan = self.epoch_plan(part)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        with true_fp32(self.device, self.speed.fast):  # backward included: fp32 throughout
+            for start in range(0, len(plan[0]), self.state.config.batch_size):
+                x, y = self.batch(part, plan, start)
+                loss_sum += self.step(x, y).double() * len(x)
+        return loss_sum
+
+    def epoch_plan(self, part: Part) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """An epoch's sample order and augmentation numbers, drawn from the run's generator
+        (so a run repeats) and moved to where the batches are made. The model in train
+        mode."""
+        state, device = self.state, self.device
         state.model.train()
         order = torch.randperm(len(part), generator=state.generator)
-        draws = draw(len(order), state.generator) if config.augment else None
+        draws = draw(len(order), state.generator) if state.config.augment else None
         if device.type == "cuda":  # pinned: a truly asynchronous copy (pageable ones block)
             order = order.pin_memory()
             draws = draws.pin_memory() if draws is not None else None
         order = order.to(part.images.device, non_blocking=True)
         if draws is not None:
             draws = draws.to(device, non_blocking=True)
-        memory_format, fast = layout(self.speed), self.speed.fast
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        with true_fp32(device, fast):  # backward included: the reference is fp32 throughout
-            for start in range(0, len(order), config.batch_size):
-                index = order[start : start + config.batch_size]
-                x, y = part.batch(index, device)
-                if draws is not None:
-                    x, y = augment(x, y, draws[start : start + config.batch_size])
-                x = x.contiguous(memory_format=memory_format)
-                with mixed_precision(device, fast):
-                    logits = self.forward(x)
-                loss = self.loss_fn(logits.float(), y)  # the loss in fp32 under bf16 autocast
-                state.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                self.scaler.step(state.optimizer)
-                self.scaler.update()
-                loss_sum += loss.detach().double() * len(index)
-        return loss_sum
+        return order, draws
+
+    def batch(
+        self, part: Part, plan: tuple[torch.Tensor, torch.Tensor | None], start: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch of the epoch's `plan` from sample `start`: augmented, in the layout."""
+        (order, draws), size = plan, self.state.config.batch_size
+        x, y = part.batch(order[start : start + size], self.device)
+        if draws is not None:
+            x, y = augment(x, y, draws[start : start + size])
+        return x.contiguous(memory_format=layout(self.speed)), y
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One optimisation step on a batch; its loss (fp32, on the device)."""
+        state = self.state
+        with mixed_precision(self.device, self.speed.fast):
+            logits = self.forward(x)
+        loss = self.loss_fn(logits.float(), y)  # the loss in fp32 under bf16 autocast
+        state.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(state.optimizer)
+        self.scaler.update()
+        return loss.detach()
 
 
 def train(

@@ -25,14 +25,27 @@ class Speed:
     CUDA true fp32 (TF32 off, see `exact_fp32`): the reference the fast path is checked
     against (benchmarks.train_step).
     `compile` wraps the model in `torch.compile`; the first steps then pay the
-    compile time.
+    compile time. `fuse`: how the K fold models of a cross-validated run train where
+    they can fuse (U-Nets, flairseg.fused): "auto" (the default) in one fused step on a
+    GPU where a probe at the start finds it faster, one after another on the CPU; "on"
+    fused, "off" one after another.
     """
 
     fast: bool = True
     compile: bool = False
+    fuse: str = "auto"
 
 
 FAST = Speed()  # the default
+FUSE_HELP = (
+    "cross-validated runs: the fold models train in one fused step (U-Nets); --no-fuse: "
+    "one after another; neither: fused on a GPU where a probe at the start finds it faster"
+)
+
+
+def fuse_mode(flag: bool | None) -> str:
+    """`--fuse` / `--no-fuse` / neither as Speed.fuse: "on", "off", "auto"."""
+    return "auto" if flag is None else ("on" if flag else "off")
 
 
 def amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:

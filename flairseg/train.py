@@ -27,6 +27,7 @@ from flairseg.engine import DivergedError, EpochReport, Speed, evaluate, pick_de
 from flairseg.errors import ArgumentParser, ConfigError, DataError, run_cli
 from flairseg.files import atomic_write
 from flairseg.phantom import PhantomSpec, write_phantom
+from flairseg.speed import FUSE_HELP, fuse_mode
 
 
 def default_data(spec: PhantomSpec = PhantomSpec()) -> Path:
@@ -62,7 +63,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def add_speed_flags(parser: argparse.ArgumentParser) -> None:
-    """--no-fast-path and --compile: how a run executes (flairseg.engine.Speed)."""
+    """--no-fast-path, --compile, --fuse: how a run executes (flairseg.engine.Speed)."""
     parser.add_argument(
         "--no-fast-path",
         action="store_true",
@@ -71,10 +72,11 @@ def add_speed_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the model (costs compile time first)"
     )
+    parser.add_argument("--fuse", action=argparse.BooleanOptionalAction, help=FUSE_HELP)
 
 
 def speed_from_args(args: argparse.Namespace) -> Speed:
-    return Speed(fast=not args.no_fast_path, compile=args.compile)
+    return Speed(fast=not args.no_fast_path, compile=args.compile, fuse=fuse_mode(args.fuse))
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

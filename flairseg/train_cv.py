@@ -115,6 +115,7 @@ def run_folds(
         models = [state.model for state in result.state.folds]
         tested = score_folds(models, folds, config.build_loss(), device, speed)
         scores.update({k: v for k, v in tested.items() if "test_" in k})
+    print(f"fold models trained {'fused' if result.state.fused else 'one by one'}")
     for line in fold_lines(scores, folds):
         print(line)
     if args.checkpoint:

@@ -192,6 +192,8 @@ class StudyCallback(Callback):
         tags = {Tag.EPOCHS_LOGGED: str(epoch)}
         if result.get("node_ip"):
             tags[Tag.NODE_IP] = str(result["node_ip"])  # where it trained
+        if result.get(Tag.FOLDS_TRAINED):
+            tags[Tag.FOLDS_TRAINED] = str(result[Tag.FOLDS_TRAINED])  # fused or one by one
         tracking.log_metrics(self.writes, run_id, metrics, step=epoch, tags=tags)  # one request
         self._last_step[run_id] = epoch
 

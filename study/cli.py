@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from flairseg.errors import ArgumentParser, ConfigError, FlairsegError
+from flairseg.speed import FUSE_HELP
 from flairseg.train import write_json
 from study import diskfull, invocation, ledger, outbox, outputs, register, results, secrets, stops
 from study.console import banner, headline, list_searches, print_summary, quiet
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="trials torch.compile their model (compile time first)",
     )
+    p.add_argument("--fuse", action=argparse.BooleanOptionalAction, help=FUSE_HELP)
     return p
 
 

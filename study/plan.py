@@ -29,6 +29,7 @@ from flairseg.engine import Speed
 from flairseg.errors import ConfigError
 from flairseg.folds import check_folds
 from flairseg.phantom import PhantomSpec
+from flairseg.speed import fuse_mode
 from flairseg.train import default_data
 from study import outputs, schema, secrets, tracking
 from study import search as searches
@@ -124,7 +125,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         trials_flag=args.trials,
         keep_concurrency=args.concurrency is not None,
         seed=args.seed,
-        speed=Speed(fast=not args.no_fast_path, compile=args.compile),
+        speed=Speed(fast=not args.no_fast_path, compile=args.compile, fuse=fuse_mode(args.fuse)),
         status_every=args.status_every,
         json_path=args.json,
         resume_command=resume_command(args, study_name),

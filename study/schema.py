@@ -64,6 +64,7 @@ class Tag:
     CHECKPOINT = "checkpoint"  # where its last checkpoint lives
     RESUMED_FROM = "resumed_from_epoch"  # set when a trial went on from a checkpoint
     NODE_IP = "node_ip"  # where it trained
+    FOLDS_TRAINED = "folds_trained"  # a cross-validated trial's fold models: fused or not
     ERROR = "error"  # a failed trial's last traceback line
     TEST_SCORED = "test_scored"  # set on each model x loss group's best once scored on test
     FOLDS = "folds"  # K, on the parent and trial runs of a cross-validated study

@@ -49,6 +49,7 @@ from flairseg.folds import make_folds
 from flairseg.patients import patient_scores
 from study import diskfull, referee, settled
 from study.referee import Rungs
+from study.schema import Tag
 
 KEPT_FROM = "kept_from"  # a confirmation's result: the search checkpoint it kept
 PATIENTS_FILE = "patients.json"  # in a confirmation's last checkpoint: {patient: scores}
@@ -111,6 +112,7 @@ def train_trial(
 
     def on_epoch(report: EpochReport | FoldsReport) -> bool:
         time.sleep(slow)
+        how = _folds_trained(report)
         # a checkpoint the disk has no room for pauses the study (study.diskfull)
         with (
             diskfull.checkpointing(_trial_folder()),
@@ -122,7 +124,7 @@ def train_trial(
                 save_patients(folder, scores_by_patient(report, vals))
             diskfull.measured(folder)
             tune.report(
-                {**report.metrics, "planned_epochs": train_config.epochs, **backfill},
+                {**report.metrics, "planned_epochs": train_config.epochs, **backfill, **how},
                 checkpoint=tune.Checkpoint.from_directory(folder),
             )
         backfill.clear()
@@ -140,6 +142,13 @@ def _evolution_of(val: Part) -> tuple[Evolution, torch.Tensor]:
     index = pick_slices(val, EVOLUTION_SLICES)
     inputs, _ = val.batch(torch.tensor(index))
     return Evolution.of(val, index), inputs
+
+
+def _folds_trained(report: EpochReport | FoldsReport) -> dict[str, str]:
+    """A cross-validated trial says how its fold models trained (flairseg.fused)."""
+    if not isinstance(report, FoldsReport):
+        return {}
+    return {Tag.FOLDS_TRAINED: "fused" if report.state.fused else "one by one"}
 
 
 def _trial_folder() -> str:
