@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The GPU benchmark of the training step, in one call on a GPU machine, within 8 minutes:
+# The GPU benchmark of the training step, in one call on a GPU machine, within 7 minutes:
 #   bash benchmarks/gpu.sh [more benchmarks.train_step flags]   (from any folder)
 # Needs only python3 with a CUDA build of torch, numpy and pillow (and pyyaml): no Ray,
 # Optuna or MLflow. Writes to $OUT (default: the current folder), each file as it goes:
 #   nvidia-smi.txt, preflight.json     what the machine is (a 20 s preflight, kept even
 #                                      if everything after it fails)
+#   bound_gpu.{jsonl,json,log}         first (2 min): what bounds the U-Net step
 #   train_step_gpu.jsonl               one JSON line per measurement, the moment it is taken
 #   train_step_gpu.json                the figures so far, rewritten after every row
 #   train_step_gpu.log                 the console
@@ -29,10 +30,16 @@ cat "$out/nvidia-smi.txt"
 TORCHINDUCTOR_COMPILE_THREADS=1 timeout 20 "$python" -m benchmarks.preflight \
     --json "$out/preflight.json" \
     || echo "preflight: failed or timed out (exit $?); measuring what can be measured"
-rm -f "$out/train_step_gpu.jsonl"
-# 400 s of measurements; the hard stop after it (HARD_STOP_S) only catches a hang in the
-# parent itself. Flags given to this script come last, so they override these.
-timeout -k 5 "${HARD_STOP_S:-430}" "$python" -m benchmarks.train_step --device cuda --compile --agreement \
-    --sync-check --packing --budget-s 400 --limit-s 90 --compile-limit-s 150 \
-    --packing-limit-s 90 --packing-epochs 12 --json "$out/train_step_gpu.json" --rows "$out/train_step_gpu.jsonl" \
+rm -f "$out/train_step_gpu.jsonl" "$out/bound_gpu.jsonl"
+# first, within 2 minutes: what bounds today's U-Net step (batch 16, 32, 64; the step
+# replayed as one CUDA graph), so that the rest measures the right thing ($BOUND_FLAGS:
+# more flags for this call, e.g. a CPU run's)
+timeout -k 5 "${BOUND_STOP_S:-110}" "$python" -m benchmarks.train_step --device cuda --models unet \
+    --bound --no-steps --budget-s 100 --limit-s 90 --json "$out/bound_gpu.json" \
+    --rows "$out/bound_gpu.jsonl" ${BOUND_FLAGS:-} 2>&1 | tee "$out/bound_gpu.log"
+# then 280 s of measurements; the hard stop after it (HARD_STOP_S) only catches a hang in
+# the parent itself. Flags given to this script come last, so they override these.
+timeout -k 5 "${HARD_STOP_S:-300}" "$python" -m benchmarks.train_step --device cuda --compile --agreement \
+    --sync-check --fused --packing --budget-s 280 --limit-s 60 --compile-limit-s 100 \
+    --packing-limit-s 60 --packing-epochs 12 --json "$out/train_step_gpu.json" --rows "$out/train_step_gpu.jsonl" \
     "$@" 2>&1 | tee "$out/train_step_gpu.log"

@@ -270,7 +270,21 @@ def trial_slot(spec: dict[str, Any]) -> dict[str, Any]:
     return {"start": start, "end": time.time(), "trials": spec["trials"]}
 
 
+def folds_epoch(spec: dict[str, Any]) -> dict[str, Any]:
+    from benchmarks.folds_epoch import folds_epoch as measure  # it imports this module
+
+    return measure(spec)
+
+
+def step_bound(spec: dict[str, Any]) -> dict[str, Any]:
+    from benchmarks.step_bound import step_bound as measure  # it imports this module
+
+    return measure(spec)
+
+
 KINDS = {
+    "folds_epoch": folds_epoch,
+    "step_bound": step_bound,
     "step": measure_step,
     "peaks": measure_peaks,
     "sync_check": sync_check,

@@ -68,6 +68,40 @@ def print_tables(args, record: dict[str, Any], rows: list[dict[str, Any]]) -> No
     print_threads(rows)
     print_agreement(rows)
     print_packing(args, rows)
+    print_fused(rows)
+    print_bound(rows)
+
+
+def print_bound(rows: list[dict[str, Any]]) -> None:
+    """ms per step by batch size (and graphed): flat means launches bound the step."""
+    for r in (r for r in rows if r["section"] == "bound" and "error" not in r):
+        figures = {k.removesuffix("_ms"): v for k, v in r.items() if k.endswith("_ms")}
+        eager = [(int(k.split("_b")[1]), v) for k, v in figures.items() if k.startswith("eager")]
+        per_image = ", ".join(f"batch {b}: {ms:.2f} ms ({ms / b:.3f} ms/image)" for b, ms in eager)
+        print(f"\nwhat bounds the {r['model']} step: {per_image}")
+        for k, v in figures.items():
+            if k.startswith("graph"):
+                base = dict(eager).get(int(k.split("_b")[1]))
+                ratio = f", {base / v:.2f}x the eager step" if base else ""
+                print(f"  as one CUDA graph, {k.split('_')[1]}: {v:.2f} ms{ratio}")
+
+
+def print_fused(rows: list[dict[str, Any]]) -> None:
+    """Each config and K: one by one against fused, seconds per epoch by part."""
+    done = [r for r in rows if r["section"] == "fused" and "error" not in r]
+    if not done:
+        return
+    print("\nfold models of a cross-validated trial, one epoch (median), seconds")
+    print(f"{'model':<16}{'K':>3} {'path':<12}{'train':>8}{'val':>7}{'ckpt':>7}{'epoch':>8}"
+          f"{'model-steps/s':>15}{'peak MB':>9}{'train: one by one / fused':>27}")  # fmt: skip
+    alone = {(r["model"], r["k"]): r for r in done if r["path"] == "one by one"}
+    for r in done:
+        ratio = ""
+        if r["path"] == "fused" and (r["model"], r["k"]) in alone:
+            ratio = f"{alone[(r['model'], r['k'])]['train_s'] / r['train_s']:.2f}x"
+        print(f"{r['model']:<16}{r['k']:>3} {r['path']:<12}{r['train_s']:>8.2f}{r['val_s']:>7.2f}"
+              f"{r['checkpoint_s']:>7.2f}{r['epoch_s']:>8.2f}{r['model_steps_per_s']:>15.1f}"
+              f"{r['peak_mb']:>9.0f}{ratio:>27}")  # fmt: skip
 
 
 def print_steps(args, record: dict[str, Any]) -> None:

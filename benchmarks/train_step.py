@@ -2,7 +2,7 @@
 
     python -m benchmarks.train_step [--device auto|cpu|cuda] [--models unet,setr]
         [--steps N] [--warmup N] [--repeats N] [--compile] [--threads] [--agreement]
-        [--packing] [--sync-check] [--budget-s S] [--json FILE] [--rows FILE]
+        [--bound] [--fused] [--no-steps] [--packing] [--sync-check] [--budget-s S] [--json FILE] [--rows FILE]
 
 Every measurement runs in a fresh process under its own time limit and the run's budget
 (`benchmarks.runner`); each row is printed and appended to `--rows` (JSON lines) as
@@ -34,6 +34,10 @@ an 8192^3 matrix product measured on the device first.
 --threads (CPU): two trials of 1 thread side by side against one trial of 2 threads.
 --agreement: the same config trained with the fast path and the fp32 reference, by seed.
 --sync-check (CUDA): one training epoch under torch.cuda.set_sync_debug_mode("error").
+--bound: what bounds the step (benchmarks/step_bound.py): batch 16, 32, 64; on CUDA the
+step replayed as one CUDA graph.
+--fused: a cross-validated trial's epoch of K fold U-Nets (K = 2, 4; 8 on CUDA), one by one
+and fused (flairseg.fused), split into training, val passes and checkpoint.
 --packing: 1, 2 and 4 trial processes side by side on one device (64 px seed U-Nets),
 each trial doing per epoch what a study's trial does (train, val, evolution, checkpoint),
 in trials/hour: what `study.run --gpus-per-trial 1 / 0.5 / 0.25` gives one GPU.
@@ -148,6 +152,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--agreement-epochs", type=int, default=12)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--sync-check", action="store_true", help="an epoch with syncs as errors")
+    p.add_argument("--fused", action="store_true", help="K fold models fused and one by one")
+    p.add_argument("--no-steps", action="store_true", help="leave out the step variants")
+    p.add_argument("--bound", action="store_true", help="the step at batch 16/32/64, graphed")
+    p.add_argument("--fold-slices", type=int, default=64, help="train slices per fold (--fused)")
     p.add_argument("--packing", action="store_true", help="trials/hour at 1, 2 and 4 per device")
     p.add_argument("--packing-trials", type=int, default=8)
     p.add_argument("--packing-epochs", type=int, default=30)
@@ -223,8 +231,17 @@ def sections(runner: Runner, args, device: torch.device) -> None:
     if cuda:
         print("\nmatmul peaks", flush=True)
         runner.run("peaks", "matmul 8192^3", {"kind": "peaks", "device": str(device)}, 120)
-    print("\ntraining step", flush=True)
-    run_steps(runner, args, device, lambda m: step_variants(m, cuda))
+    if args.bound:
+        print("\nwhat bounds the step", flush=True)
+        for model in args.models:
+            config = TrainConfig(model=model, image_size=args.image_size)
+            spec = {"kind": "step_bound", "device": str(device), "model": model,
+                    "config": config.to_dict(), "batches": [16, 32, 64], "steps": args.steps,
+                    "warmup": args.warmup, "repeats": args.repeats}  # fmt: skip
+            runner.run("bound", f"{model}/batch 16, 32, 64 and a CUDA graph", spec, args.limit_s)
+    if not args.no_steps:
+        print("\ntraining step", flush=True)
+        run_steps(runner, args, device, lambda m: step_variants(m, cuda))
     if args.threads:
         print("\nCPU threads", flush=True)
         run_threads(runner, args)
@@ -240,12 +257,32 @@ def sections(runner: Runner, args, device: torch.device) -> None:
         spec = {"kind": "agreement", "device": str(device), "config": base.to_dict(),
                 "seeds": args.seeds}  # fmt: skip
         runner.run("agreement", "fast path against fp32", spec, args.limit_s * 2)
+    if args.fused:
+        print("\nfold models fused", flush=True)
+        run_fused(runner, args, device)
     if args.packing:
         print("\npacking", flush=True)
         run_packing(runner, args, device)
     if args.compile:
         print("\ncompile", flush=True)
         run_steps(runner, args, device, lambda m: ["compile"])
+
+
+def run_fused(runner: Runner, args, device: torch.device) -> None:
+    """A cross-validated trial's epoch, its K U-Nets one by one and fused (flairseg.fused):
+    a width-16 U-Net at 64 px (a laptop study's) and the seed's preset."""
+    ks = (2, 4, 8) if device.type == "cuda" else (2, 4)
+    for label, config in (
+        ("unet w16 64px", TrainConfig(image_size=64, width=16)),
+        (f"unet {args.image_size}px", TrainConfig(image_size=args.image_size)),
+    ):
+        for k in ks:
+            for path in ("off", "on"):
+                spec = {"kind": "folds_epoch", "device": str(device), "k": k, "path": path,
+                        "config": config.to_dict(), "fold_slices": args.fold_slices,
+                        "repeats": args.repeats + 1, "model": label}  # fmt: skip
+                name = f"{label} K={k} {'fused' if path == 'on' else 'one by one'}"
+                runner.run("fused", name, spec, args.limit_s)
 
 
 def save(args, record: dict[str, Any], runner: Runner) -> None:

@@ -78,12 +78,15 @@ def test_gpu_script_from_elsewhere_keeps_every_row_when_compile_fails(tmp_path: 
     elsewhere.mkdir()
     env = blocking_env(tmp_path) | {"OUT": str(out), "CXX": "/nonexistent/g++"}
     # a slow or busy machine gets all the time it needs: no limit stands in for progress
-    env["HARD_STOP_S"] = "3600"
+    env["HARD_STOP_S"] = env["BOUND_STOP_S"] = "3600"
+    env["BOUND_FLAGS"] = (
+        "--device cpu --image-size 32 --steps 1 --warmup 1 --repeats 1 --budget-s 3600 --limit-s 3600"
+    )
     flags = (
         "--budget-s 3600 --limit-s 3600 --compile-limit-s 3600 --packing-limit-s 3600 "
         "--device cpu --models unet --image-size 32 --steps 1 --warmup 1 --repeats 2 --threads "
         "--thread-steps 2 --agreement --agreement-epochs 1 --seeds 2 "
-        "--packing-trials 4 --packing-epochs 1 --packing-width 4"
+        "--packing-trials 4 --packing-epochs 1 --packing-width 4 --fold-slices 16"
     )
     result = subprocess.run(
         ["bash", str(REPO / "benchmarks" / "gpu.sh"), *flags.split()],
@@ -120,6 +123,16 @@ def test_gpu_script_from_elsewhere_keeps_every_row_when_compile_fails(tmp_path: 
     assert record["failed"] == [last.removeprefix("incomplete: 1 failed: ")]
     assert "ours/plain" in result.stdout and "packing" in result.stdout
     assert "2 trials x 1 thread" in result.stdout
+    # the fold models one by one and fused, each K (flairseg.fused)
+    fused = [r for r in rows if r["section"] == "fused"]
+    assert {(r["k"], r["path"]) for r in fused} == {
+        (k, p) for k in (2, 4) for p in ("one by one", "fused")
+    } and all(r["train_s"] > 0 for r in fused)
+    assert "train: one by one / fused" in result.stdout
+    # first of all, what bounds the step (no CUDA graph on the CPU)
+    (bound,) = [json.loads(line) for line in (out / "bound_gpu.jsonl").read_text().splitlines()]
+    assert {"eager_b16_ms", "eager_b32_ms", "eager_b64_ms"} <= set(bound)
+    assert "what bounds the unet step: batch 16" in (out / "bound_gpu.log").read_text()
 
 
 @pytest.mark.parametrize("model", ["unet", "setr"])
