@@ -291,6 +291,14 @@ def _interrupt_and_resume(tmp_path: Path, phantom_dir: Path, sig: signal.Signals
         assert steps == list(range(1, int(kid.data.tags["epochs"]) + 1))  # no epoch twice
     summary = json.loads(out.read_text())
     assert sum(summary["trials"].values()) == 3
+    from study.export import trials_frame  # the study's table, as a notebook reads it
+
+    frame = trials_frame(env.mlflow_uri, "combo_alpha", "combo_alpha")
+    assert list(frame["trial"]) == [0, 1, 2]
+    assert set(frame["run_id"]) == {kid.info.run_id for kid in kids}
+    for row, trial in zip(frame.to_dict(orient="records"), trials, strict=True):
+        assert row["objective_last"] == pytest.approx(trial.value, abs=1e-9)
+        assert row["epochs"] == max(trial.intermediate_values)
     best = max(trials, key=lambda t: t.value)
     assert summary["best_trial"] == best.number
     assert summary["val_iou"] == pytest.approx(best.value, abs=1e-6)
