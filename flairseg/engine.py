@@ -103,6 +103,8 @@ class TrainState:
     epoch: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    # the last epoch's training: (images, seconds); a measurement, never checkpointed
+    trained: tuple[int, float] | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -231,7 +233,10 @@ class Trainer:
 
         The loss is read once, at the end: the only host-device sync of an epoch.
         """
-        return float(self.train_batches(part)) / max(len(part), 1)
+        started = time.perf_counter()
+        total = float(self.train_batches(part))  # the read waits for the device: timed whole
+        self.state.trained = (len(part), time.perf_counter() - started)
+        return total / max(len(part), 1)
 
     def train_batches(self, part: Part) -> torch.Tensor:
         """The batches of one epoch; the summed loss, left on the device (no sync).

@@ -35,6 +35,7 @@ def evaluate(
     return result
 
 
+@torch.no_grad()  # scores only: no graph kept across the batches
 def evaluation_pass(
     model: nn.Module,
     part: Part,

@@ -62,6 +62,7 @@ def chosen(trainers: Sequence, parts: Sequence) -> bool:
 def train_epoch(trainers: Sequence, parts: Sequence) -> list[float]:
     """One epoch of each trainer on its part, the steps where every one has a full batch
     fused, the rest one by one; each one's mean train loss (one read for all)."""
+    started = time.perf_counter()
     plans = [t.epoch_plan(p) for t, p in zip(trainers, parts, strict=True)]
     size, device = trainers[0].state.config.batch_size, trainers[0].device
     full = min(len(p) for p in parts) // size  # steps at which every model has a full batch
@@ -80,6 +81,9 @@ def train_epoch(trainers: Sequence, parts: Sequence) -> list[float]:
                 x, y = t.batch(p, plan, start)
                 sums[j] += t.step(x, y).double() * len(x)
     totals = torch.stack(sums).cpu().tolist()
+    seconds, images = time.perf_counter() - started, sum(len(p) for p in parts)
+    for t, p in zip(trainers, parts, strict=True):  # the shared time, by each one's share
+        t.state.trained = (len(p), seconds * len(p) / max(images, 1))
     return [total / max(len(p), 1) for total, p in zip(totals, parts, strict=True)]
 
 

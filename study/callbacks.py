@@ -187,13 +187,15 @@ class StudyCallback(Callback):
         if epoch <= self._last_step.get(run_id, 0):
             return  # a step already logged before an interruption
         metrics = schema.epoch_metrics(result)
-        if "epoch_seconds" in result:
-            metrics["epoch_seconds"] = result["epoch_seconds"]
+        for key in ("epoch_seconds", *schema.MEASURED):  # how fast, and how much memory
+            if key in result:
+                metrics[key] = result[key]
         tags = {Tag.EPOCHS_LOGGED: str(epoch)}
         if result.get("node_ip"):
             tags[Tag.NODE_IP] = str(result["node_ip"])  # where it trained
-        if result.get(Tag.FOLDS_TRAINED):
-            tags[Tag.FOLDS_TRAINED] = str(result[Tag.FOLDS_TRAINED])  # fused or one by one
+        for tag in (Tag.FOLDS_TRAINED, Tag.DEVICE):  # fused or one by one; cpu or the GPU
+            if result.get(tag):
+                tags[tag] = str(result[tag])
         tracking.log_metrics(self.writes, run_id, metrics, step=epoch, tags=tags)  # one request
         self._last_step[run_id] = epoch
 

@@ -28,6 +28,7 @@ from flairseg.errors import ConfigError
 from flairseg.folds import split_of
 from study import datasets, ledger, outbox, schema, secrets, stops, tracking
 from study import search as searches
+from study.environment import environment
 from study.ordered import next_number
 from study.plan import Plan, load_data
 from study.schema import Artifact, Param, Role, Status, Tag
@@ -255,22 +256,27 @@ def _trials_to_add(study: Any, plan: Plan, points: list[dict[str, Any]]) -> int:
 def _parent_tags(
     plan: Plan, number: int, path: str, data_dir: Path, data: Dataset
 ) -> dict[str, str]:
-    """The parent run's tags: what ran, on which data, where its results and ledger live."""
+    """The parent run's tags: what ran, on which data, where its results and ledger live,
+    and on what code and machine (study.environment)."""
     command = secrets.command_line(sys.argv[1:])  # a password never: the variable it comes from
-    return {
-        Tag.STUDY: plan.study_name,
-        Tag.SEARCH: plan.search.name,
-        Tag.ROLE: Role.STUDY,
-        Tag.INVOCATION: str(number),
-        Tag.DATA: str(data_dir),
-        Tag.DATA_FINGERPRINT: data.fingerprint,
-        Tag.IMAGE_SIZE: str(data.image_size),
-        Tag.PROFILE: plan.profile,
-        Tag.RESULTS: path,
-        Tag.OPTUNA_STORAGE: plan.optuna_url,
-        Tag.COMMAND: command,
-        Tag.SPLIT: schema.dump_split(split_of(data, plan.search.folds, _split_seed(plan))),
-    } | ({Tag.FOLDS: str(plan.search.folds)} if plan.search.folds else {})
+    return (
+        {
+            Tag.STUDY: plan.study_name,
+            Tag.SEARCH: plan.search.name,
+            Tag.ROLE: Role.STUDY,
+            Tag.INVOCATION: str(number),
+            Tag.DATA: str(data_dir),
+            Tag.DATA_FINGERPRINT: data.fingerprint,
+            Tag.IMAGE_SIZE: str(data.image_size),
+            Tag.PROFILE: plan.profile,
+            Tag.RESULTS: path,
+            Tag.OPTUNA_STORAGE: plan.optuna_url,
+            Tag.COMMAND: command,
+            Tag.SPLIT: schema.dump_split(split_of(data, plan.search.folds, _split_seed(plan))),
+        }
+        | ({Tag.FOLDS: str(plan.search.folds)} if plan.search.folds else {})
+        | environment()
+    )
 
 
 def _split_seed(plan: Plan) -> int:

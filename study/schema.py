@@ -65,6 +65,7 @@ class Tag:
     RESUMED_FROM = "resumed_from_epoch"  # set when a trial went on from a checkpoint
     NODE_IP = "node_ip"  # where it trained
     FOLDS_TRAINED = "folds_trained"  # a cross-validated trial's fold models: fused or not
+    DEVICE = "device"  # what a trial trained on: "cpu", or the GPU's name
     ERROR = "error"  # a failed trial's last traceback line
     TEST_SCORED = "test_scored"  # set on each model x loss group's best once scored on test
     FOLDS = "folds"  # K, on the parent and trial runs of a cross-validated study
@@ -162,6 +163,9 @@ BASE_PARAMS = (
     "test_fraction",
     "split_seed",
 )
+
+# what a trial measures of each epoch besides its scores (study.trainable)
+MEASURED = ("images_per_s", "peak_memory_mb")
 
 DEFAULT_METRIC, DEFAULT_MODE = "val_iou", "max"
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -112,7 +113,7 @@ def train_trial(
 
     def on_epoch(report: EpochReport | FoldsReport) -> bool:
         time.sleep(slow)
-        how = _folds_trained(report)
+        how = _folds_trained(report) | _throughput(report)
         # a checkpoint the disk has no room for pauses the study (study.diskfull)
         with (
             diskfull.checkpointing(_trial_folder()),
@@ -142,6 +143,22 @@ def _evolution_of(val: Part) -> tuple[Evolution, torch.Tensor]:
     index = pick_slices(val, EVOLUTION_SLICES)
     inputs, _ = val.batch(torch.tensor(index))
     return Evolution.of(val, index), inputs
+
+
+def _throughput(report: EpochReport | FoldsReport) -> dict[str, Any]:
+    """The epoch's training images per second (all folds together), the worker's peak
+    memory (the device's on a GPU, RSS on a CPU) and the device's name."""
+    states = report.state.folds if isinstance(report, FoldsReport) else [report.state]
+    done = [s.trained for s in states if s.trained]
+    device = pick_device()
+    if device.type == "cuda":
+        peak, name = torch.cuda.max_memory_allocated(device), torch.cuda.get_device_name(device)
+    else:
+        peak, name = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "cpu"
+    out: dict[str, Any] = {"peak_memory_mb": peak / 2**20, Tag.DEVICE: name}
+    if done and sum(t for _, t in done) > 0:
+        out["images_per_s"] = sum(n for n, _ in done) / sum(t for _, t in done)
+    return out
 
 
 def _folds_trained(report: EpochReport | FoldsReport) -> dict[str, str]:

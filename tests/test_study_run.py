@@ -86,6 +86,11 @@ def test_a_study_lands_in_mlflow_as_designed(tmp_path: Path, phantom_dir: Path) 
         assert [m.step for m in history] == list(range(1, int(tags["epochs"]) + 1))
         for key in ("train_loss", "val_loss", "val_dice", "val_volume_dice"):
             assert len(c.get_metric_history(kid.info.run_id, key)) == len(history)
+        for key in ("images_per_s", "peak_memory_mb"):  # measured every epoch
+            measured = c.get_metric_history(kid.info.run_id, key)
+            assert [m.step for m in measured] == [m.step for m in history], key
+            assert all(m.value > 0 for m in measured), key
+        assert tags["device"] == "cpu"
         pictures = [a.path for a in c.list_artifacts(kid.info.run_id, "evolution")]
         assert any(p.endswith(".png") for p in pictures) and "evolution/evolution.npz" in pictures
     from flairseg.models import model_keys, model_params
@@ -96,6 +101,29 @@ def test_a_study_lands_in_mlflow_as_designed(tmp_path: Path, phantom_dir: Path) 
         assert not (set(model_keys()) - set(model_params(model))) & set(kid.data.params)
     split = json.loads(parent.data.tags["split"])  # the split is stored as JSON
     assert set(split) == {"train", "val", "test"} and all(split.values())
+    assert_environment(parent.data.tags)
+
+
+def assert_environment(tags: dict[str, str]) -> None:
+    """The code and the versions a study ran with, as they are here (study.environment)."""
+    import subprocess
+    import sys
+
+    import mlflow
+    import optuna
+    import ray
+    import torch
+
+    from study.environment import REPO
+
+    if (REPO / ".git").exists():
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True, check=True).stdout.strip()  # fmt: skip
+        assert tags["env.commit"] == head and tags["env.dirty"] in ("true", "false")
+    assert tags["env.python"] == ".".join(map(str, sys.version_info[:3]))
+    versions = {"torch": torch, "ray": ray, "optuna": optuna, "mlflow": mlflow}
+    for name, module in versions.items():
+        assert tags[f"env.{name}"] == module.__version__, name
 
 
 ASHA = (
