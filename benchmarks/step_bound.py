@@ -65,7 +65,9 @@ def _graphed_step(config: TrainConfig, device):
     replay. Warm-up on a side stream first, as CUDA graph capture requires."""
     trainer = Trainer(config, device, Speed())
     model, loss_fn = trainer.state.model, trainer.loss_fn
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, capturable=True)
+    # fused, as the eager rows' Adam (flairseg.engine), and capturable: its step count stays
+    # on the device
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True, capturable=True)
     x, y = _batch(config, device, trainer)
 
     def step() -> None:
@@ -84,4 +86,9 @@ def _graphed_step(config: TrainConfig, device):
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         step()
-    return graph.replay
+    held = (trainer, optimizer, x, y)  # a graph keeps no tensor alive: its replays write here
+
+    def replay(held: tuple = held) -> None:
+        graph.replay()
+
+    return replay

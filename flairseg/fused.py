@@ -55,8 +55,14 @@ def chosen(trainers: Sequence, parts: Sequence) -> bool:
     if not can or mode == "off":
         return False
     if mode == "on":
-        return True
-    return trainers[0].device.type == "cuda" and faster(trainers, parts)[0]
+        return True  # what it was told (a compiled model then trains uncompiled, fused)
+    if trainers[0].device.type != "cuda" or trainers[0].speed.compile:
+        return False  # the CPU (above); or compiled: the fused step would drop the compile
+    try:
+        return faster(trainers, parts)[0]
+    except torch.cuda.OutOfMemoryError:  # K copies and a K-wide step did not fit: one by one
+        torch.cuda.empty_cache()
+        return False
 
 
 def train_epoch(trainers: Sequence, parts: Sequence) -> list[float]:

@@ -15,8 +15,10 @@ was written before stays, and `--resume` goes on from there once there is room.
 
 from __future__ import annotations
 
+import atexit
 import errno
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -43,6 +45,15 @@ def reserve(places: list[str]) -> None:
     """Set RESERVE_BYTES aside on each disk the driver writes to (a file of zeros per
     disk): released when a disk is found full, it gives Tune room to save its state whole
     and the stores room to record the pause. A disk without that much room is refused."""
+    try:
+        _reserve(places)
+    except BaseException:  # refused, or interrupted part way: nothing set aside stays
+        release()
+        raise
+    atexit.register(release)  # whatever way the driver ends, short of SIGKILL
+
+
+def _reserve(places: list[str]) -> None:
     from flairseg.errors import ConfigError
 
     devices: set[int] = set()
@@ -54,6 +65,7 @@ def reserve(places: list[str]) -> None:
         devices.add(path.stat().st_dev)
         _forget_stale(path)
         target = path / f"{RESERVE_NAME}-{socket.gethostname()}-{os.getpid()}"
+        _RESERVED.append(target)  # before the first byte: an interrupted write is removed too
         try:
             with target.open("wb") as f:
                 for _ in range(RESERVE_BYTES // 2**20):
@@ -61,24 +73,26 @@ def reserve(places: list[str]) -> None:
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as err:
-            target.unlink(missing_ok=True)
             if not is_full(err):
                 raise
             raise ConfigError(
                 f"{folder}: no space left there; a study needs at least "
                 f"{_mb(RESERVE_BYTES)} free on it besides its checkpoints"
             ) from None
-        _RESERVED.append(target)
 
 
 def _forget_stale(folder: Path) -> None:
     """Remove the reserves a killed driver of this machine left in `folder`."""
-    for stale in folder.glob(f"{RESERVE_NAME}-{socket.gethostname()}-*"):
+    mine = re.compile(rf"{re.escape(RESERVE_NAME)}-{re.escape(socket.gethostname())}-(\d+)")
+    for stale in folder.glob(f"{RESERVE_NAME}-*"):
+        found = mine.fullmatch(stale.name)  # this host's exactly (not host-b's for host)
+        if found is None:
+            continue
         try:
-            os.kill(int(stale.name.rsplit("-", 1)[1]), 0)
+            os.kill(int(found.group(1)), 0)
         except ProcessLookupError:
             stale.unlink(missing_ok=True)
-        except (ValueError, PermissionError):  # not a pid, or another user's driver
+        except PermissionError:  # another user's live driver
             continue
 
 
@@ -163,7 +177,9 @@ def _mb(n: int) -> str:
 @contextmanager
 def checkpointing(trial_folder: str) -> Iterator[None]:
     """Around a trial's checkpoint and report: a write that fails for space pauses the
-    study (the driver is told and stops this trial) instead of failing the trial."""
+    study (the driver is told and stops this trial) instead of failing the trial; once
+    another trial has found its disk full, this one writes nothing and waits too."""
+    hold_if_paused()
     try:
         yield
     except OSError as err:
@@ -176,15 +192,31 @@ def checkpointing(trial_folder: str) -> Iterator[None]:
         wait_to_be_paused(note(folder))
 
 
-def wait_to_be_paused(message: str) -> None:
-    """Tell the driver, then wait until it stops this trial (or fail after WAIT_S)."""
+def hold_if_paused() -> None:
+    """In a trial, before its checkpoint: if another trial has found its disk full, write
+    nothing more (the room set aside is for the pause's own writes) and wait to be paused."""
+    import ray
+
+    try:
+        notes = ray.get_actor(ACTOR)
+    except ValueError:  # not started by a study's driver
+        return
+    said = ray.get(notes.said.remote())
+    if said:
+        wait_to_be_paused(said, tell=False)
+
+
+def wait_to_be_paused(message: str, tell: bool = True) -> None:
+    """Tell the driver (unless it was told), then wait until it stops this trial (or fail
+    after WAIT_S)."""
     import ray
 
     try:
         notes = ray.get_actor(ACTOR)
     except ValueError:  # not started by a study's driver: nobody to tell
         raise NoSpace(errno.ENOSPC, message) from None
-    ray.get(notes.say.remote(message))
+    if tell:
+        ray.get(notes.say.remote(message))
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
         time.sleep(1.0)

@@ -38,9 +38,10 @@ def environment() -> dict[str, str]:
         "host": platform.node(),
         "cpu": _cpu(),
     }
-    if torch.cuda.is_available():
-        for i in range(torch.cuda.device_count()):
-            found[f"gpu.{i}"] = torch.cuda.get_device_name(i)
+    gpus = _gpus()  # from nvidia-smi: the driver starts no CUDA context for the record
+    for i, name in enumerate(gpus):
+        found[f"gpu.{i}"] = name
+    if gpus:
         found["gpu_driver"] = _driver()
     return {PREFIX + k: v for k, v in found.items() if v}
 
@@ -82,15 +83,25 @@ def _cpu() -> str | None:
 
 
 def _driver() -> str | None:
-    """The NVIDIA driver's version, from nvidia-smi where it is installed."""
+    """The NVIDIA driver's version."""
+    found = _smi("driver_version")
+    return found[0] if found else None
+
+
+def _gpus() -> list[str]:
+    """Each GPU's name, from nvidia-smi where it is installed (none without)."""
+    return _smi("name")
+
+
+def _smi(field: str) -> list[str]:
     try:
         out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            ["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader"],
             capture_output=True, text=True, timeout=10, check=True,
         ).stdout  # fmt: skip
     except (OSError, subprocess.SubprocessError):
-        return None
-    return out.splitlines()[0].strip() if out.strip() else None
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
 
 
 if __name__ == "__main__":  # what a study would record here

@@ -341,7 +341,7 @@ def end_early(opened: Opened, err: BaseException) -> bool:
     KILLED and trials failed (killed), the parent FAILED, the record `failed`. Each step
     is tried though one before failed (the store that raised `err` may refuse them too):
     nothing that can be ended stays RUNNING, and a step that failed is said in a line.
-    Whether every step was done."""
+    For a Ctrl+C: whether its line (and the resume command) was said."""
     plan = opened.plan
     if isinstance(err, KeyboardInterrupt):
         steps = [lambda: mark_interrupted(opened)]
@@ -354,10 +354,11 @@ def end_early(opened: Opened, err: BaseException) -> bool:
             lambda: ledger.mark(opened.study, opened.record.number, "failed"),
         ]
     steps.append(lambda: _end_parent(opened.client, opened.parent_id, err))
-    failed = []
+    failed, done = [], []
     for step in steps:
         try:
             step()
+            done.append(step)
         except Exception as again:
             failed.append(secrets.first_line(again))
     if failed:
@@ -366,7 +367,7 @@ def end_early(opened: Opened, err: BaseException) -> bool:
             f"be closed ({failed[0]}); the next invocation closes it out",
             file=sys.stderr,
         )
-    return not failed
+    return isinstance(err, KeyboardInterrupt) and steps[0] in done  # mark_interrupted said it
 
 
 def _end_parent(client: Any, parent_id: str, err: BaseException) -> None:

@@ -51,11 +51,22 @@ def latest_checkpoint(experiment_path: str, number: int) -> str | None:
 
 
 def _loads(path: Path) -> bool:
+    """Whether the checkpoint whose state file is `path` reads back whole: the state, and
+    every array and JSON file beside it (a cut copy may have cut any of them)."""
+    import numpy as np
+
     from flairseg.checkpoint import load_checkpoint
 
     try:
         load_checkpoint(path)
-    except Exception:  # truncated: torch's zip reader refuses it
+        for other in path.parent.iterdir():
+            if other.suffix == ".npz":
+                with np.load(other) as arrays:
+                    for name in arrays.files:
+                        arrays[name]  # a cut zip fails its CRC or its directory here
+            elif other.suffix == ".json":
+                json.loads(other.read_text())
+    except Exception:  # truncated: torch's, numpy's or json's reader refuses it
         return False
     return True
 

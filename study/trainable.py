@@ -146,14 +146,16 @@ def _evolution_of(val: Part) -> tuple[Evolution, torch.Tensor]:
 
 
 def _throughput(report: EpochReport | FoldsReport) -> dict[str, Any]:
-    """The epoch's training images per second (all folds together), the worker's peak
-    memory (the device's on a GPU, RSS on a CPU) and the device's name."""
+    """The epoch's training images per second (all folds together), peak memory (on a GPU
+    the epoch's device memory; on a CPU the worker process's peak RSS so far) and the
+    device's name."""
     states = report.state.folds if isinstance(report, FoldsReport) else [report.state]
     done = [s.trained for s in states if s.trained]
     device = pick_device()
-    if device.type == "cuda":
+    if device.type == "cuda":  # this epoch's peak: the next epoch measures its own
         peak, name = torch.cuda.max_memory_allocated(device), torch.cuda.get_device_name(device)
-    else:
+        torch.cuda.reset_peak_memory_stats(device)
+    else:  # the worker process's peak so far (the kernel keeps no other)
         peak, name = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "cpu"
     out: dict[str, Any] = {"peak_memory_mb": peak / 2**20, Tag.DEVICE: name}
     if done and sum(t for _, t in done) > 0:

@@ -11,6 +11,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from study_helpers import StudyEnv, wait_for
 
@@ -93,6 +94,23 @@ def test_a_disk_without_room_for_the_reserve_is_refused(tmp_path: Path) -> None:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
+def test_a_reserve_refused_on_a_second_disk_leaves_none_on_the_first(tmp_path: Path) -> None:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        (tmp_path / "first").mkdir()
+        with pytest.raises(ConfigError, match="no space left there"):
+            diskfull.reserve([str(tmp_path / "first"), str(disk)])
+        assert not list(tmp_path.rglob(f"{diskfull.RESERVE_NAME}*"))
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
 def test_the_reserve_is_set_aside_once_per_disk_and_given_back(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -116,6 +134,14 @@ def test_a_checkpoint_cut_short_is_never_read_back(tmp_path: Path) -> None:
     data = (cut / "state.pt").read_bytes()
     (cut / "state.pt").write_bytes(data[: len(data) // 2])  # what a full disk leaves
     assert settled.latest_checkpoint(str(tmp_path), 3) == str(whole)
+    # whole state, but the pictures beside it cut: not whole either
+    torch.save({"format": CHECKPOINT_FORMAT, "epoch": 2}, cut / "state.pt")
+    np.savez(cut / "evolution.npz", probs=np.zeros((4, 32, 32)))
+    data = (cut / "evolution.npz").read_bytes()
+    (cut / "evolution.npz").write_bytes(data[: len(data) - 200])
+    assert settled.latest_checkpoint(str(tmp_path), 3) == str(whole)
+    np.savez(cut / "evolution.npz", probs=np.zeros((4, 32, 32)))
+    assert settled.latest_checkpoint(str(tmp_path), 3) == str(cut)
 
 
 # -- a study, slow ------------------------------------------------------------------------
@@ -206,6 +232,8 @@ def test_a_full_disk_under_the_mlflow_store_alone_pauses_too(
     assert proc.returncode == diskfull.EXIT_NO_SPACE, text
     assert f"interrupted (no space left in {small_disk})" in text, text
     assert "Traceback" not in text, text
+    assert not list(small_disk.rglob(f"{diskfull.RESERVE_NAME}*"))
+    assert not list(root.rglob(f"{diskfull.RESERVE_NAME}*"))
     filler.unlink()
     resumed = env.run(*args, "--resume")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr

@@ -110,6 +110,8 @@ def test_a_cross_validated_run_fused_and_not_gives_the_same_run(phantom_dir: Pat
     for fold_on, fold_off in zip(ckpt_on["folds"], ckpt_off["folds"], strict=True):
         assert fold_on.keys() == fold_off.keys()
         assert fold_on["model"].keys() == fold_off["model"].keys()
+        for key, value in fold_on["model"].items():  # the weights each path learnt
+            torch.testing.assert_close(value, fold_off["model"][key], rtol=1e-3, atol=1e-4)
 
 
 def test_a_fused_run_resumes(phantom_dir: Path, tmp_path: Path) -> None:
