@@ -148,12 +148,14 @@ def test_a_checkpoint_cut_short_is_never_read_back(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("concurrency", ["1", "2"])
 def test_a_disk_that_fills_pauses_and_resume_finishes(
-    small_disk: Path, phantom_dir: Path, tmp_path: Path
+    small_disk: Path, phantom_dir: Path, tmp_path: Path, concurrency: str
 ) -> None:
-    # one piece on purpose: the paused study and its resume are one sequence of states
+    # one piece on purpose: the paused study and its resume are one sequence of states.
+    # Two at a time: the trial beside the one that found no room writes nothing more
     env = StudyEnv(small_disk / "s", phantom_dir)  # every store and checkpoint on the disk
-    args = ("--search", "combo_alpha", "--image-size", "32", "--concurrency", "1")
+    args = ("--search", "combo_alpha", "--image-size", "32", "--concurrency", concurrency)
     args += ("--trials", "3", "--max-epochs", "6")
     # trial #1's epochs slowed: the disk fills while it trains, after its first checkpoint
     proc, log = env.start(
