@@ -22,11 +22,12 @@ from study import diskfull, settled
 
 @pytest.fixture()
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 64 MB tmpfs at tmp_path/disk, unmounted whatever the test does."""
+    """A 128 MB tmpfs at tmp_path/disk (room for a small study's three trials, two at a
+    time, with every checkpoint Tune keeps), unmounted whatever the test does."""
     disk = tmp_path / "disk"
     disk.mkdir()
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)],
+        ["mount", "-t", "tmpfs", "-o", "size=128m", "tmpfs", str(disk)],
         capture_output=True,
         text=True,
     )
@@ -69,6 +70,12 @@ def test_a_full_disk_is_told_from_other_errors() -> None:
         assert diskfull.where(outer, []) == "/data/x"
     assert not diskfull.is_full(OSError(errno.EACCES, "Permission denied"))
     assert not diskfull.is_full(ValueError("bad"))
+
+
+def test_the_line_says_what_a_checkpoint_needs_once_one_was_measured(tmp_path: Path) -> None:
+    (tmp_path / "state.pt").write_bytes(bytes(3 * 2**20))
+    diskfull.measured(tmp_path)
+    assert diskfull.note("/data") == "no space left in /data; a checkpoint needs about 3.0 MB"
 
 
 def test_the_folder_of_a_sqlite_store_is_its_database_folder(tmp_path: Path) -> None:
@@ -168,7 +175,7 @@ def test_a_disk_that_fills_pauses_and_resume_finishes(
     text = log.read_text()
     assert proc.returncode == diskfull.EXIT_NO_SPACE, text
     assert f"no space left in {small_disk}" in text, text
-    assert "a checkpoint needs about" in text and "--resume" in text
+    assert "--resume" in text  # (what a checkpoint needs is said when a trial found it first)
     assert "Traceback" not in text, text
     assert not list(small_disk.rglob(f"{diskfull.RESERVE_NAME}*"))
 

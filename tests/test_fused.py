@@ -110,8 +110,16 @@ def test_a_cross_validated_run_fused_and_not_gives_the_same_run(phantom_dir: Pat
     for fold_on, fold_off in zip(ckpt_on["folds"], ckpt_off["folds"], strict=True):
         assert fold_on.keys() == fold_off.keys()
         assert fold_on["model"].keys() == fold_off["model"].keys()
-        for key, value in fold_on["model"].items():  # the weights each path learnt
-            torch.testing.assert_close(value, fold_off["model"][key], rtol=1e-3, atol=1e-4)
+        # the weights and statistics each path learnt: apart only by float rounding as two
+        # epochs of Adam carry it (about 2e-4 of the model's norm here; a gradient near
+        # Adam's eps moves its weight by a fraction of lr, so no one element is held);
+        # fold 1 and fold 2, from the same start on other data, are about 7e-2 apart
+        on_w, off_w = (_flat(f["model"]) for f in (fold_on, fold_off))
+        assert (on_w - off_w).norm() / off_w.norm() < 5e-3
+
+
+def _flat(state: dict) -> torch.Tensor:
+    return torch.cat([v.float().flatten() for v in state.values() if v.is_floating_point()])
 
 
 def test_a_fused_run_resumes(phantom_dir: Path, tmp_path: Path) -> None:
