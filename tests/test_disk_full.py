@@ -9,6 +9,7 @@ import shutil
 import sqlite3
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +21,13 @@ from flairseg.errors import ConfigError
 from study import diskfull, settled
 
 
-@pytest.fixture()
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 128 MB tmpfs at tmp_path/disk (room for a small study's three trials, two at a
-    time, with every checkpoint Tune keeps), unmounted whatever the test does."""
-    disk = tmp_path / "disk"
+@contextmanager
+def tmpfs(disk: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` mounted at `disk` (skipped with the reason where mounting is not
+    allowed: it needs root), unmounted whatever the test does."""
     disk.mkdir()
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=128m", "tmpfs", str(disk)],
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)],
         capture_output=True,
         text=True,
     )
@@ -37,6 +37,14 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield disk
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+@pytest.fixture()
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 128 MB tmpfs at tmp_path/disk (room for a small study's three trials, two at a
+    time, with every checkpoint Tune keeps)."""
+    with tmpfs(tmp_path / "disk", "128m") as disk:
+        yield disk
 
 
 def fill(disk: Path) -> Path:
@@ -86,36 +94,18 @@ def test_the_folder_of_a_sqlite_store_is_its_database_folder(tmp_path: Path) -> 
 
 
 def test_a_disk_without_room_for_the_reserve_is_refused(tmp_path: Path) -> None:
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with tmpfs(tmp_path / "disk", "4m") as disk:
         with pytest.raises(ConfigError, match=f"{disk}/studies: no space left there"):
             diskfull.reserve([str(disk / "studies")])
         assert not list(disk.rglob(f"{diskfull.RESERVE_NAME}*"))  # nothing left behind
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
 def test_a_reserve_refused_on_a_second_disk_leaves_none_on_the_first(tmp_path: Path) -> None:
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with tmpfs(tmp_path / "disk", "4m") as disk:
         (tmp_path / "first").mkdir()
         with pytest.raises(ConfigError, match="no space left there"):
             diskfull.reserve([str(tmp_path / "first"), str(disk)])
         assert not list(tmp_path.rglob(f"{diskfull.RESERVE_NAME}*"))
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
 def test_the_reserve_is_set_aside_once_per_disk_and_given_back(tmp_path: Path) -> None:
