@@ -202,15 +202,7 @@ def load(uri: str, experiment: str, study: str | None = None) -> StudyData:
     """
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     c = schema.client(uri)
-    try:
-        exp = c.get_experiment_by_name(experiment)
-    except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(
-            f"--mlflow-uri {uri}: cannot read the tracking store ({first[:200]})"
-        ) from None
-    if exp is None:
-        raise ConfigError(f"--experiment {experiment}: no such experiment in {uri}")
+    exp = schema.experiment_named(c, uri, experiment)
     parents = _study_parents(c, exp.experiment_id, experiment, study)
     study = parents[-1].data.tags[Tag.STUDY]
     metric, mode = schema.load_objective(parents[-1].data.params.get(Param.OBJECTIVE))

@@ -210,10 +210,11 @@ def run_study(plan: Plan, storage: Any) -> int:
     diskfull.reserve([plan.results_root, plan.optuna_url, plan.mlflow_uri])
     try:
         opened = invocation.open_invocation(plan, storage)
-    finally:
-        if locals().get("opened") is None:
-            diskfull.release()
-    if opened is None:
+    except BaseException:
+        diskfull.release()
+        raise
+    if opened is None:  # nothing to run: nothing to set aside room for
+        diskfull.release()
         return 0
     try:
         ended = run_trials(opened, storage)

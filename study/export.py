@@ -36,7 +36,7 @@ def trials_frame(uri: str, experiment: str, study: str | None = None) -> Any:
     import pandas as pd
 
     c = schema.client(uri)
-    exp = _experiment(c, uri, experiment)
+    exp = schema.experiment_named(c, uri, experiment)
     parents = schema.study_runs(c, exp.experiment_id, study, role=Role.STUDY)
     if not parents:
         where = f"study {study}" if study else "no study"
@@ -52,19 +52,6 @@ def trials_frame(uri: str, experiment: str, study: str | None = None) -> Any:
         frame = _numbers(frame)
     frame.attrs.update({"study": study, "objective": metric, "mode": mode})
     return frame
-
-
-def _experiment(c: Any, uri: str, experiment: str) -> Any:
-    try:
-        exp = c.get_experiment_by_name(experiment)
-    except Exception as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ConfigError(
-            f"--mlflow-uri {uri}: cannot read the tracking store ({first[:200]})"
-        ) from None
-    if exp is None:
-        raise ConfigError(f"--experiment {experiment}: no such experiment in {uri}")
-    return exp
 
 
 def _row(c: Any, run: Any, metric: str, mode: str) -> dict[str, Any]:

@@ -247,6 +247,23 @@ def client(uri: str) -> Any:
     return MlflowClient(tracking_uri=uri)
 
 
+def experiment_named(c: Any, uri: str, name: str) -> Any:
+    """The experiment `name` in the store at `uri`; a store that cannot be read or an
+    unknown name is a ConfigError in one line."""
+    from flairseg.errors import ConfigError
+
+    try:
+        exp = c.get_experiment_by_name(name)
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            f"--mlflow-uri {uri}: cannot read the tracking store ({first[:200]})"
+        ) from None
+    if exp is None:
+        raise ConfigError(f"--experiment {name}: no such experiment in {uri}")
+    return exp
+
+
 def search_runs(c: Any, experiment_id: str, query: str) -> list:
     """Every run of the experiment that matches `query`, page by page (1000 a page)."""
     runs, token = [], None
