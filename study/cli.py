@@ -221,6 +221,8 @@ def run_study(plan: Plan, storage: Any) -> int:
         diskfull.release()
     except BaseException as err:
         diskfull.release()  # room for the record of the end
+        if isinstance(err, KeyboardInterrupt):  # it may have come inside a storage call
+            ledger.release_connections(err)
         if not diskfull.is_full(err):
             invocation.end_early(opened, err)
             raise

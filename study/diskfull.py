@@ -199,9 +199,11 @@ def hold_if_paused() -> None:
 
     try:
         notes = ray.get_actor(ACTOR)
+        said = ray.get(notes.said.remote(), timeout=60)
     except ValueError:  # not started by a study's driver
         return
-    said = ray.get(notes.said.remote())
+    except Exception:  # the notes lost (with the driver's node, or Ray shutting down):
+        return  # nothing can be known; a full disk is still found at the write itself
     if said:
         wait_to_be_paused(said, tell=False)
 
@@ -213,10 +215,10 @@ def wait_to_be_paused(message: str, tell: bool = True) -> None:
 
     try:
         notes = ray.get_actor(ACTOR)
-    except ValueError:  # not started by a study's driver: nobody to tell
+        if tell:
+            ray.get(notes.say.remote(message), timeout=60)
+    except Exception:  # not started by a study's driver, or the notes lost: nobody to tell
         raise NoSpace(errno.ENOSPC, message) from None
-    if tell:
-        ray.get(notes.say.remote(message))
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
         time.sleep(1.0)
@@ -238,11 +240,15 @@ class NoSpaceNotes:
 
 
 def start() -> Any:
-    """The driver's notes actor (one per driver; the same one again if it exists)."""
+    """The driver's notes actor (one per driver; the same one again if it exists), on the
+    driver's own node: on a cluster, one placed on a worker would be lost with it, and
+    every trial's next checkpoint with it."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
     actor = ray.remote(num_cpus=0)(NoSpaceNotes)
-    return actor.options(name=ACTOR, get_if_exists=True).remote()
+    return actor.options(name=ACTOR, get_if_exists=True, scheduling_strategy=here).remote()
 
 
 def heard(notes: Any) -> str | None:

@@ -323,6 +323,7 @@ def all_trials_ended(opened: Opened) -> bool:
 def mark_interrupted(opened: Opened) -> None:
     """Leave nothing RUNNING, mark the record interrupted, and say how to finish it."""
     plan = opened.plan
+    ledger.release_connections()  # a Ctrl+C inside a store's write left it locked
     n = tracking.close_out(
         plan.mlflow_uri, plan.experiment_id, plan.study_name, reason=Status.INTERRUPTED
     )

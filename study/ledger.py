@@ -220,6 +220,29 @@ def mark(study, number: int, state: str) -> None:
     save(study, records)
 
 
+def release_connections(err: BaseException | None = None) -> None:
+    """Let go of database connections that an interrupted storage call left open (and
+    locked): the frames `err`'s traceback holds them in are cleared, and what is left
+    unreachable is collected (SQLAlchemy rolls such a connection back when it goes; its
+    pool's complaint about the cursor it could not close is not ours to print)."""
+    import gc
+    import logging
+    import traceback
+
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        traceback.clear_frames(err.__traceback__)
+        err = err.__context__
+    pool = logging.getLogger("sqlalchemy.pool")
+    level = pool.level
+    pool.setLevel(logging.CRITICAL)
+    try:
+        gc.collect()
+    finally:
+        pool.setLevel(level)
+
+
 def unfinished(study) -> Invocation | None:
     """The last invocation, if it never finished (its driver is gone: we hold the lock)."""
     records = invocations(study)

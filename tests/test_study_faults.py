@@ -52,16 +52,18 @@ def first_to_exit(procs: list[subprocess.Popen], timeout: float = 900) -> subpro
     raise AssertionError("neither driver exited")
 
 
-def nothing_running(env: StudyEnv, experiment: str, study: str) -> None:
-    """No MLflow run RUNNING, no Optuna trial RUNNING, no invocation recorded running."""
+def nothing_running(env: StudyEnv, experiment: str, study: str, text: str = "") -> None:
+    """No MLflow run RUNNING, no Optuna trial RUNNING, no invocation recorded running
+    (`text`, the driver's output, is shown when one is)."""
     import optuna
 
     runs = env.runs(experiment)
-    assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []
+    assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == [], text
     trials = env.study(study).get_trials(deepcopy=False)
-    assert [t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING] == []
+    running = [t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    assert running == [], text
     records = env.study(study).user_attrs.get("invocations", [])
-    assert [r["number"] for r in records if r["state"] == "running"] == []
+    assert [r["number"] for r in records if r["state"] == "running"] == [], text
 
 
 # -- names ---------------------------------------------------------------------------
@@ -183,7 +185,7 @@ def test_a_failure_after_the_parent_exists_ends_it(tmp_path: Path, phantom_dir: 
     assert "Traceback" not in text
     (parent,) = [r for r in env.runs("combo_alpha") if r.data.tags["role"] == "study"]
     assert parent.info.status == "FAILED"
-    nothing_running(env, "combo_alpha", "combo_alpha")
+    nothing_running(env, "combo_alpha", "combo_alpha", text)
     records = env.study("combo_alpha").user_attrs["invocations"]
     assert [r["state"] for r in records] == ["failed"]
     again = env.run("--search", "combo_alpha", "--resume")
@@ -265,7 +267,7 @@ def assert_stopped(env: StudyEnv, proc: subprocess.Popen, log: Path, trained: bo
     runs = env.runs("combo_alpha")
     if not trained:
         assert [r for r in runs if r.info.status == "FINISHED"] == [], text
-    nothing_running(env, "combo_alpha", "combo_alpha")
+    nothing_running(env, "combo_alpha", "combo_alpha", text)
 
 
 @pytest.mark.slow
