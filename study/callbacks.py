@@ -19,7 +19,7 @@ from ray.tune import Callback
 
 from flairseg.config import TrainConfig
 from flairseg.evolution import EVOLUTION_FILE, Evolution
-from study import diskfull, outbox, schema, stops, tracking
+from study import budget, diskfull, outbox, schema, stops, tracking
 from study.outbox import Outbox
 from study.schema import Artifact, Param, Role, Status, Tag
 
@@ -205,6 +205,9 @@ class StudyCallback(Callback):
         planned = int(result.get("planned_epochs") or self.config_of(trial)["flairseg"]["epochs"])
         if epoch >= planned:
             status, text = Status.COMPLETED, f"completed {epoch} epochs"
+        elif budget.cut():
+            status = schema.budget_status(epoch)
+            text = f"stopped by the time budget at epoch {epoch}/{planned}"
         else:
             status, text = (
                 schema.stopped_status(epoch),
@@ -216,6 +219,16 @@ class StudyCallback(Callback):
         shown = f"{self.metric} {value:.4f}" if isinstance(value, float) else "no score"
         say(f"trial {self._label(trial)}: {text}, {shown}")
         self._maybe_status(trials, force=False)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """A time budget's end stops the running trials and tells nobody (Tune's
+        `stop_all`): each is recorded here, stopped by the budget at its last epoch."""
+        if not budget.cut():
+            return
+        for trial in trials:
+            seen = self.key_of(trial) in self._done
+            if trial.status == "TERMINATED" and not seen and self._run_of(trial) is not None:
+                self.on_trial_complete(0, trials, trial)
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
         result = trial.last_result or {}

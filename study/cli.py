@@ -37,7 +37,19 @@ from typing import Any
 from flairseg.errors import ArgumentParser, ConfigError, FlairsegError
 from flairseg.speed import FUSE_HELP
 from flairseg.train import write_json
-from study import diskfull, invocation, ledger, outbox, outputs, register, results, secrets, stops
+from study import (
+    budget,
+    diskfull,
+    invocation,
+    ledger,
+    notify,
+    outbox,
+    outputs,
+    register,
+    results,
+    secrets,
+    stops,
+)
 from study.console import banner, headline, list_searches, print_summary, quiet
 from study.plan import Plan, make_plan, open_tracking, with_data
 from study.tuner import (
@@ -109,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="trials torch.compile their model (compile time first)",
     )
     p.add_argument("--fuse", action=argparse.BooleanOptionalAction, help=FUSE_HELP)
+    notify.add_flags(p)  # --notify URL, --notify-format
     return p
 
 
@@ -126,6 +139,13 @@ def add_budget_flags(p: argparse.ArgumentParser) -> None:
         "(overrides the search file's cv: {folds: K})",
     )
     p.add_argument("--concurrency", type=int, help="trials running at once")
+    p.add_argument(
+        "--time-budget",
+        metavar="DURATION",
+        help="the invocation's wall time (90s, 30m, 8h): no trial is proposed that would not "
+        "fit, running ones stop at their last epoch when it is spent, and the close-out "
+        "(scores, registry, report) keeps 5%% of it (30 s to 10 min)",
+    )
     p.add_argument(
         "--confirm",
         type=int,
@@ -184,6 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         list_searches()
         return 0
     check_args(args)
+    budget.driver_started()  # a time budget counts from here
     stops.install()  # SIGTERM and SIGHUP pause the study as Ctrl+C does
     with latched_interrupts():  # a Ctrl+C that Ray or Tune swallow still stops the study
         try:
@@ -216,6 +237,13 @@ def run_study(plan: Plan, storage: Any) -> int:
     if opened is None:  # nothing to run: nothing to set aside room for
         diskfull.release()
         return 0
+    # --notify: its end is posted, however it ends (study.notify)
+    return notify.around(opened, lambda: run_opened(plan, opened, storage))
+
+
+def run_opened(plan: Plan, opened: invocation.Opened, storage: Any) -> int:
+    """Run an opened invocation to its end: its exit status; an error or Ctrl+C ends it
+    (and the record) before it goes on up."""
     try:
         ended = run_trials(opened, storage)
         diskfull.release()
@@ -273,12 +301,17 @@ def run_trials(opened: invocation.Opened, storage: Any) -> tuple[str, bool] | in
     )
     tuner, gpus = make_tuner(job)
     banner(opened, gpus)
+    start_budget(opened)
     seconds, stopped = fit(tuner)
     if not mlflow_caught_up(opened):
         return EXIT_MLFLOW_AWAY
-    if stopped or not invocation.all_trials_ended(opened):
+    # a time budget that ended the search ends the invocation's trials (study.budget)
+    if stopped or not (invocation.all_trials_ended(opened) or budget.ended()):
         invocation.mark_interrupted(opened)
         return stops.exit_status(EXIT_INTERRUPTED)
+    if budget.cut():  # Tune stopped the running trials without telling the searcher
+        ledger.stop_for_budget(opened.study)
+    budget.confirming()
     confirmed = confirming.run(opened, gpus)  # the finalists retrained and compared
     if not mlflow_caught_up(opened):
         return EXIT_MLFLOW_AWAY
@@ -300,6 +333,20 @@ def run_trials(opened: invocation.Opened, storage: Any) -> tuple[str, bool] | in
     check_interrupted()  # a Ctrl+C swallowed on the way still stops it, before it is done
     invocation.mark_done(opened, ok)
     return line, ok
+
+
+def start_budget(opened: invocation.Opened) -> None:
+    """The invocation's time budget, less what its interrupted drivers spent, and what the
+    search must leave to the confirmation: its retraining, in epochs per running slot."""
+    search = opened.plan.search
+    asha = search.asha
+    replicas = 1 if search.folds else search.confirm_seeds
+    budget.start(
+        search.time_budget,
+        spent_before=opened.record.budget_spent_s,
+        grace=asha.grace_period if asha.enabled else asha.max_epochs,
+        confirm_epochs=search.confirm * replicas * asha.max_epochs / search.concurrency,
+    )
 
 
 def mlflow_caught_up(opened: invocation.Opened) -> bool:

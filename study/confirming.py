@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from study import confirm, tracking
+from study import budget, confirm, tracking
 from study.callbacks import StudyCallback, for_invocation, say
 from study.schema import Artifact, Role, Tag
 from study.trainable import KEPT_FROM
@@ -79,6 +79,8 @@ def run(opened: Any, gpus: float) -> dict[str, Any] | None | str:
     trial_runs = tracking.study_runs(c, plan.experiment_id, plan.study_name, role=Role.TRIAL)
     kept = confirm.kept_checkpoints(finalists, trial_runs)
     cases = confirm.cases(finalists, search, kept)
+    if not fits_the_budget(opened, len(cases) - len(kept)):
+        return None
     how = f"its {search.folds} folds" if search.folds else f"{search.confirm_seeds} seeds"
     say(
         f"confirming the top {len(finalists)} of the study, each to its full budget with {how} "
@@ -95,6 +97,10 @@ def run(opened: Any, gpus: float) -> dict[str, Any] | None | str:
     tuner = _tuner(opened, cases, callback, gpus)
     started = time.monotonic()
     _, stopped = fit(tuner)
+    if budget.ended_phase("confirm") and not stopped:
+        say("the time budget ended the confirmation: the answer is the search's, unconfirmed")
+        c.set_tag(opened.parent_id, Tag.CONFIRMED, "false")
+        return None
     if stopped:
         return "interrupted"
     results = _results(tuner, cases)
@@ -108,9 +114,30 @@ def run(opened: Any, gpus: float) -> dict[str, Any] | None | str:
     return made
 
 
+def fits_the_budget(opened: Any, to_train: int) -> bool:
+    """Whether the confirmation's retraining fits in what a time budget left (at the
+    search's median epoch); if not, it is skipped and said (the answer is unconfirmed)."""
+    clock = budget.clock()
+    search = opened.plan.search
+    epoch = clock.epoch() if clock else None
+    if clock is None or epoch is None or to_train == 0:
+        return True
+    need = to_train * search.asha.max_epochs * epoch / search.concurrency
+    if need <= clock.left():
+        return True
+    say(
+        f"the time budget leaves {budget.describe(max(clock.left(), 0))} before the close-out, "
+        f"the confirmation needs about {budget.describe(need)}: skipped, the answer is the "
+        "search's, unconfirmed"
+    )
+    opened.client.set_tag(opened.parent_id, Tag.CONFIRMED, "false")
+    return False
+
+
 def _tuner(opened: Any, cases: list[dict[str, Any]], callback: Any, gpus: float) -> Any:
     from ray import tune
 
+    from study.searcher import BudgetStopper
     from study.trainable import run_confirmation
 
     search = opened.plan.search
@@ -144,6 +171,7 @@ def _tuner(opened: Any, cases: list[dict[str, Any]], callback: Any, gpus: float)
             verbose=0,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=0),
+            stop=BudgetStopper(),  # the confirmation's share of a time budget
         ),
     )
 

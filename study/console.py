@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from flairseg.cvkeys import single_key, std_key
 from study import search as searches
-from study import secrets
+from study import secrets, webhook
 
 if TYPE_CHECKING:
     from study.invocation import Opened
@@ -97,13 +97,21 @@ def banner(opened: Opened, gpus: float) -> None:
         if search.asha.enabled
         else f"no early stopping, up to {search.asha.max_epochs} epochs"
     )
+    if search.time_budget:
+        from study import budget as clock
+
+        budget += (
+            f"; time budget {clock.describe(search.time_budget)} (the close-out keeps "
+            f"{clock.describe(clock.reserve(search.time_budget))})"
+        )
     print(
         f"{_adds(opened)}\n"
         f"  data: {opened.data_dir} ({_patients(data, search.folds)}, {data.image_size} px)\n"
         f"  {budget}; objective {search.metric} ({search.mode})\n"
         f"  {search.concurrency} at a time, {search.cpus:g} CPU and {gpus:g} GPU per trial\n"
         f"  MLflow: {plan.mlflow_uri} (experiment {plan.experiment}); Optuna: {plan.optuna_url}; "
-        f"Tune: {record.path}",
+        f"Tune: {record.path}"
+        + (f"\n  notify: {webhook.shown(plan.notify)} when it ends" if plan.notify else ""),
         flush=True,
     )
     print(live_view(plan.optuna_url), flush=True)
@@ -281,12 +289,17 @@ def _invocation_counts(summary: dict[str, Any], seconds: float) -> str:
         f"  this invocation: completed {t.get('completed', 0)}, "
         f"stopped by ASHA {t.get('stopped', 0)}"
         + (f" ({stops})" if stops else "")
+        + (f", stopped by the time budget {t['budget']}" if t.get("budget") else "")
         + f", failed {t.get('failed', 0)}"
         + (f", killed {t['killed']}" if t.get("killed") else "")
     )
     spent, without = summary["epochs_spent"], summary["epochs_without_stopping"]
     share = f" ({100 * spent / without:.0f} %)" if without else ""
     print(f"  this invocation: epochs spent {spent} of {without} without early stopping{share}")
+    if summary.get("time_budget"):
+        from study.budget import summary_line
+
+        print("  " + summary_line(summary["time_budget"]))
     return f"this invocation: {total} trials, {spent}/{without} epochs"
 
 

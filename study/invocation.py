@@ -26,7 +26,7 @@ from typing import Any
 from flairseg.dataset import Dataset
 from flairseg.errors import ConfigError
 from flairseg.folds import split_of
-from study import datasets, ledger, outbox, schema, secrets, stops, tracking
+from study import budget, datasets, ledger, outbox, schema, secrets, stops, tracking
 from study import search as searches
 from study.environment import environment
 from study.ordered import next_number
@@ -290,21 +290,25 @@ def _parent_params(plan: Plan, trials: int) -> dict[str, Any]:
     """The parent run's params: the search's settings as this invocation runs them."""
     search = plan.search
     asha = search.asha
-    return {
-        Param.SEARCH: search.name,
-        Param.TRIALS: trials,
-        Param.OBJECTIVE: schema.dump_objective(search.metric, search.mode),
-        Param.MAX_EPOCHS: asha.max_epochs,
-        Param.GRACE_PERIOD: asha.grace_period if asha.enabled else "off",
-        Param.REDUCTION_FACTOR: asha.reduction_factor if asha.enabled else "off",
-        Param.CONCURRENCY: search.concurrency,
-        Param.CPUS_PER_TRIAL: search.cpus,
-        Param.SAMPLER_SEED: plan.seed,
-        Param.PROFILE: plan.profile,
-        Param.FAST_PATH: plan.speed.fast,
-        Param.COMPILE: plan.speed.compile,
-        Param.DECISIONS: search.decisions,
-    } | ({Param.FOLDS: search.folds} if search.folds else {})
+    return (
+        {
+            Param.SEARCH: search.name,
+            Param.TRIALS: trials,
+            Param.OBJECTIVE: schema.dump_objective(search.metric, search.mode),
+            Param.MAX_EPOCHS: asha.max_epochs,
+            Param.GRACE_PERIOD: asha.grace_period if asha.enabled else "off",
+            Param.REDUCTION_FACTOR: asha.reduction_factor if asha.enabled else "off",
+            Param.CONCURRENCY: search.concurrency,
+            Param.CPUS_PER_TRIAL: search.cpus,
+            Param.SAMPLER_SEED: plan.seed,
+            Param.PROFILE: plan.profile,
+            Param.FAST_PATH: plan.speed.fast,
+            Param.COMPILE: plan.speed.compile,
+            Param.DECISIONS: search.decisions,
+        }
+        | ({Param.FOLDS: search.folds} if search.folds else {})
+        | ({Param.TIME_BUDGET: search.time_budget} if search.time_budget else {})
+    )
 
 
 def all_trials_ended(opened: Opened) -> bool:
@@ -327,7 +331,9 @@ def mark_interrupted(opened: Opened) -> None:
     n = tracking.close_out(
         plan.mlflow_uri, plan.experiment_id, plan.study_name, reason=Status.INTERRUPTED
     )
-    ledger.mark(opened.study, opened.record.number, "interrupted")
+    # a time budget goes on, on --resume, with what is left of it
+    spent = budget.spent() if budget.clock() else opened.record.budget_spent_s
+    ledger.mark(opened.study, opened.record.number, "interrupted", budget_spent_s=spent)
     by = f" {stops.caught()}" if stops.caught() else ""
     print(
         f"interrupted{by}: {n} runs marked KILLED in MLflow; finish this invocation with\n"

@@ -51,6 +51,7 @@ class Invocation:
     mlflow_uri: str = ""  # where its runs are: a --resume logs there again
     experiment: str = ""
     first_trial: int = 0  # its first Optuna trial number: the order decisions follow
+    budget_spent_s: float = 0.0  # of a time budget, by its interrupted drivers (study.budget)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -212,11 +213,14 @@ def start(study, record: Invocation) -> None:
     save(study, records)
 
 
-def mark(study, number: int, state: str) -> None:
+def mark(study, number: int, state: str, **fields: Any) -> None:
+    """Set invocation `number`'s state (and any other of its `fields`)."""
     records = invocations(study)
     for r in records:
         if r.number == number:
             r.state = state
+            for key, value in fields.items():
+                setattr(r, key, value)
     save(study, records)
 
 
@@ -259,6 +263,20 @@ def close_out_trials(study) -> int:
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         adapters.running_trial(study, t).set_user_attr("status", "killed")
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        n += 1
+    return n
+
+
+def stop_for_budget(study) -> int:
+    """Record every RUNNING Optuna trial as stopped by the time budget (study.budget) at its
+    last epoch: PRUNED, with that epoch's value (Optuna's own rule for a pruned trial)."""
+    import optuna
+
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        trial = adapters.running_trial(study, t)
+        trial.set_user_attr("status", schema.budget_status(t.last_step or 0))
+        study.tell(t.number, state=optuna.trial.TrialState.PRUNED)
         n += 1
     return n
 

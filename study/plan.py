@@ -31,7 +31,7 @@ from flairseg.folds import check_folds
 from flairseg.phantom import PhantomSpec
 from flairseg.speed import fuse_mode
 from flairseg.train import default_data
-from study import outputs, schema, secrets, tracking
+from study import notify, outputs, schema, secrets, tracking
 from study import search as searches
 
 # flag (argparse dest) -> the search setting it overrides
@@ -46,6 +46,7 @@ OVERRIDE_FLAGS = {
     "folds": "folds",
     "decisions": "decisions",
     "confirm": "confirm",
+    "time_budget": "time_budget",
 }
 MAX_STUDY_NAME = 100  # it names a folder, STUDY/run-N under --storage
 MAX_EXPERIMENT_NAME = 500  # MLflow's own limit
@@ -78,10 +79,14 @@ class Plan:
     json_path: str | None  # --json: where the summary goes
     resume_command: str  # what a user types to finish this invocation if it is interrupted
     register: str | None = None  # the registered model the best model goes to (--register)
+    # --notify or $FLAIRSEG_NOTIFY_URL (study.notify): a secret, kept out of any repr
+    notify: str | None = dataclasses.field(default=None, repr=False)
+    notify_format: str = "json"  # --notify-format: json or slack
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
     """The plan for parsed, range-checked flags; raises ConfigError naming the flag."""
+    notify_url = notify.from_args(args)  # first: a secret to mask in any line that follows
     storage_root, optuna_url = stores(args)
     if args.address:
         secrets.take(args.address, "--address")  # refused with a password: Ray reads its token
@@ -130,6 +135,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         json_path=args.json,
         resume_command=resume_command(args, study_name),
         register=registered_name(args, study_name),
+        notify=notify_url,
+        notify_format=getattr(args, "notify_format", None) or "json",
     )
 
 
@@ -142,6 +149,9 @@ def resume_command(args: argparse.Namespace, study_name: str) -> str:
         + (["--optuna-storage", args.optuna_storage] if args.optuna_storage else [])
         + (["--register", args.register] if getattr(args, "register", None) else [])
         + (["--no-register"] if getattr(args, "no_register", False) else [])
+        # the URL never: command_line names its variable, "$FLAIRSEG_NOTIFY_URL"
+        + (["--notify", args.notify] if getattr(args, "notify", None) else [])
+        + (["--notify-format", "slack"] if getattr(args, "notify_format", "") == "slack" else [])
         + ["--resume"],
         python=python(),
     )

@@ -24,12 +24,14 @@ from flairseg.engine import FAST, Speed, load_checkpoint, model_from_checkpoint,
 from flairseg.ensemble import Ensemble
 from flairseg.evolution import STATE_FILE
 from flairseg.folds import make_folds, split_of
-from study import ledger, schema, tracking
+from study import budget, ledger, schema, tracking
 from study import search as searches
 from study.schema import Artifact, Role, Tag
 
 if TYPE_CHECKING:
     from study.invocation import Opened
+
+SCORED = ("completed", "stopped", "budget")  # trials that end with a value
 
 
 def summarise(
@@ -55,6 +57,9 @@ def summarise(
     }
     summary.update(score_best(opened, trial_runs, device, confirmed))
     summary["confirmation"] = confirmed  # None: the study's answer is unconfirmed
+    made = budget.record(opened.record.trials, sum(summary["trials"].values()))
+    if made is not None:
+        summary["time_budget"] = made
     summary["seconds"] = round(seconds, 1)
     summary["invocation"] = opened.record.number
     summary["data"] = str(opened.data_dir)
@@ -82,6 +87,7 @@ def count_trials(runs: list) -> dict[str, Any]:
         epochs = int(tags.get(Tag.EPOCHS, tags.get(Tag.EPOCHS_LOGGED, 0)) or 0)
         planned = int(tags.get(Tag.PLANNED_EPOCHS, epochs) or epochs)
         key = "stopped" if schema.is_stopped(status) else status
+        key = "budget" if schema.is_budget_stopped(status) else key
         by_status[key] = by_status.get(key, 0) + 1
         if key == "stopped":
             stops[epochs] = stops.get(epochs, 0) + 1
@@ -147,8 +153,7 @@ def confirmed_winner(confirmed: dict[str, Any] | None) -> dict[str, Any] | None:
 def succeeded(summary: dict[str, Any]) -> bool:
     """Some trial completed (or was stopped by ASHA) and the best one was scored."""
     return (
-        "best_config" in summary
-        and sum(v for k, v in summary["trials"].items() if k in ("completed", "stopped")) > 0
+        "best_config" in summary and sum(v for k, v in summary["trials"].items() if k in SCORED) > 0
     )
 
 

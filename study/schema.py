@@ -98,6 +98,7 @@ class Status:
     KILLED = "killed"  # its invocation was closed out
     INTERRUPTED = "interrupted"  # its invocation was interrupted and can be resumed
     STOPPED_PREFIX = "stopped"
+    BUDGET_PREFIX = "stopped by the time budget"
 
 
 class Param:
@@ -117,6 +118,7 @@ class Param:
     COMPILE = "compile"
     DECISIONS = "decisions"  # fixed (in the trials' order) or arrival
     FOLDS = "folds"  # a cross-validated study's K (absent otherwise)
+    TIME_BUDGET = "time_budget_s"  # the invocation's time budget in seconds (absent: none)
     SAMPLED_PREFIX = "sampled."  # on a trial: `sampled.NAME`, the value Optuna proposed
 
 
@@ -189,6 +191,16 @@ def is_model_knob(param: str) -> bool:
 def stopped_status(epoch: int) -> str:
     """The status of a trial ASHA stopped after `epoch` epochs: `stopped at epoch 3`."""
     return f"{Status.STOPPED_PREFIX} at epoch {epoch}"
+
+
+def budget_status(epoch: int) -> str:
+    """The status of a trial the time budget stopped (study.budget): `stopped by the time
+    budget at epoch 3` (a stopped status: it counts with its last value, as ASHA's do)."""
+    return f"{Status.BUDGET_PREFIX} at epoch {epoch}"
+
+
+def is_budget_stopped(status: str) -> bool:
+    return status.startswith(Status.BUDGET_PREFIX)
 
 
 def is_stopped(status: str) -> bool:

@@ -25,6 +25,7 @@ A search file holds data, not code:
     confirm: {finalists: 3, seeds: 3}             # the top 3 retrained to the full budget (folds,
                                                   # or 3 seeds) and compared paired; or false
     concurrency: 2
+    time_budget: 8h                               # the invocation's wall time (study.budget)
     resources: {cpus: 1, gpus: auto}              # per trial; auto: 1 if CUDA is visible
     sampler: {startup_trials: 5}                  # random trials before TPE takes over
     laptop: {...}                                 # overrides for the laptop profile
@@ -50,6 +51,7 @@ import yaml
 from yaml.composer import ComposerError
 
 from flairseg.errors import ConfigError
+from study import budget
 from study.search_answer import parse_confirm, parse_decisions
 from study.search_checks import (
     MAX_EPOCH_SCALE,
@@ -240,6 +242,11 @@ def parse(
     epoch_scale, trials, concurrency = parse_counts(data, overrides, where, len(grid))
     cpus, gpus = parse_resources(data.get("resources") or {}, overrides, where)
     confirm, confirm_seeds = parse_confirm(data.get("confirm"), where, overrides.get("confirm"))
+    time_budget = None
+    if "time_budget" in overrides:
+        time_budget = budget.parse(overrides["time_budget"], "--time-budget")
+    elif data.get("time_budget") is not None:
+        time_budget = budget.parse(data["time_budget"], f"{where}: time_budget")
     search = Search(
         name=name,
         source=source,
@@ -262,6 +269,7 @@ def parse(
         decisions=parse_decisions(data, overrides, where),
         confirm=confirm,
         confirm_seeds=confirm_seeds,
+        time_budget=time_budget,
         raw={**data, "name": name},
     )
     check_buildable(search, where)

@@ -27,6 +27,7 @@ TOP_KEYS = {
     "trials",
     "asha",
     "concurrency",
+    "time_budget",
     "resources",
     "sampler",
     "cv",

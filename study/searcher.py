@@ -17,13 +17,16 @@ stopped trial with its last value (`ledger.best_trial`).
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any
 
 from ray.air.constants import TRAINING_ITERATION
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
+from ray.tune.stopper import Stopper
 
-from study import adapters, ordered, schema
+from study import adapters, budget, ordered, schema
 from study.settled import latest_checkpoint
 
 # Optuna warns and keeps the first value when a step comes twice (the last epoch, passed on
@@ -53,6 +56,8 @@ class StudySearch(OptunaSearch):
             if orphan is not None:
                 trials[trial_id] = orphan
                 resume_from = latest_checkpoint(self._experiment_path, orphan.number)
+            elif not budget.may_start():  # one more trial would not fit in the time budget
+                return Searcher.FINISHED
             elif not self._may_propose():
                 self._waits += 1
                 return None
@@ -82,6 +87,7 @@ class StudySearch(OptunaSearch):
         iteration counter starts again at 1 in a trial adopted from a killed driver)."""
         if self._ended_before(trial_id):
             return  # restored by Tune, ended in Optuna: its record stands (study.settled)
+        budget.saw_epoch(result.get("time_this_iter_s"))
         if "epoch" in result:
             result = {**result, TRAINING_ITERATION: result["epoch"]}
         with warnings.catch_warnings():
@@ -99,10 +105,11 @@ class StudySearch(OptunaSearch):
         elif scored and not done:
             # Tune keeps from the searcher the result its scheduler stopped the trial on
             self.on_trial_result(trial_id, result)
+            budget.saw_trial(result.get("time_total_s"))  # how long trials take, stopped or not
             epoch = stopped_at(result)
             if epoch is not None:
                 trial = adapters.searcher_trials(self)[trial_id]
-                trial.set_user_attr("status", schema.stopped_status(epoch))
+                trial.set_user_attr("status", end_status(epoch))
                 result = None  # Ray's OptunaSearch tells a trial without a value PRUNED,
                 # and Optuna gives a pruned trial its last intermediate value
         if not self._ended_before(trial_id):
@@ -143,9 +150,76 @@ class StudySearch(OptunaSearch):
         return None
 
 
+def end_status(epoch: int) -> str:
+    """A trial stopped before its planned epochs: by the time budget, if it ended the
+    running phase, else by ASHA."""
+    if budget.cut():
+        return schema.budget_status(epoch)
+    return schema.stopped_status(epoch)
+
+
+class BudgetStopper(Stopper):
+    """Tune's stop for a time budget (study.budget): every running trial stops, at its last
+    epoch's checkpoint, when the running phase's share of the budget is spent."""
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return budget.phase_over()
+
+
 def stopped_at(result: dict) -> int | None:
     """The epoch a trial ended at, when that is before its planned epochs (ASHA stopped it:
     the rule study.callbacks tags its MLflow run `stopped at epoch N` by); else None."""
     epoch = int(result.get("epoch", 0) or 0)
     planned = int(result.get("planned_epochs", 0) or 0)
     return epoch if epoch < planned else None
+
+
+def make_searcher(job: Any) -> StudySearch:
+    """Seeded TPE over the study's Optuna storage, so every invocation sees the earlier ones."""
+    import optuna
+
+    from study.ordered import OrderedSampler
+
+    search = job.search
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # multivariate/group TPE are marked experimental; they are what conditional spaces need
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    conditional = any(d.model or d.when for d in search.dims)
+    make = functools.partial(tpe, startup=search.startup_trials, conditional=conditional)
+    sampler = make(job.seed)
+    if job.ordered:
+        sampler = OrderedSampler(
+            # no constant liar: a view holds no running trial to lie about (and TPE would
+            # write its lie to the view's storage, which does not hold the trial)
+            functools.partial(make, liar=False),
+            seed=job.study_seed,
+            first=job.first_trial,
+            lag=search.concurrency,
+            fixed_only=bool(search.grid),
+        )
+    return StudySearch(
+        experiment_path=job.path,
+        referee=job.referee,
+        space=search,
+        metric=search.metric,
+        mode=search.mode,
+        sampler=sampler,
+        study_name=job.study_name,
+        storage=job.storage,
+    )
+
+
+def tpe(seed: int, startup: int, conditional: bool, liar: bool = True) -> Any:
+    """Seeded TPE; multivariate and grouped where the space has conditional branches."""
+    import optuna
+
+    return optuna.samplers.TPESampler(
+        seed=seed,
+        n_startup_trials=startup,
+        multivariate=conditional,
+        group=conditional,
+        constant_liar=liar,
+    )

@@ -128,6 +128,22 @@ def take(url: str, flag: str) -> str:
     return clean
 
 
+def take_whole(url: str) -> None:
+    """A URL that is a secret as a whole (`--notify`'s webhook: Slack's carry the token in
+    the path): from now on `scrub` masks it, with its password, without its login, and its
+    path and query (when 8 characters or more), in any text that would quote them."""
+    found = {url}
+    try:
+        parts = urlsplit(url)
+        found.update(p for p in (parts.password, unquote(parts.password or "")) if p)
+        found.add(urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])))
+        tail = urlunsplit(parts._replace(scheme="", netloc=""))
+        found.update([tail] if len(tail) >= 8 else [])
+    except ValueError:  # not a URL: the whole text is masked
+        pass
+    _TAKEN.update(found)
+
+
 def had_password(url: str) -> bool:
     """Whether `url` is what `take` left of a URL with a password: a command for the user
     to run names it by its variable (`"$OPTUNA_STORAGE"`), as `command_line` does."""
@@ -161,13 +177,15 @@ def _pgpass_add(host: str, port: int, database: str, user: str | None, password:
 
 # the variable a secret-bearing flag's value can come from instead (study.run reads both)
 ENV_OF = {"--optuna-storage": "OPTUNA_STORAGE", "--mlflow-uri": "MLFLOW_TRACKING_URI"}
+# flags whose whole value is a secret (study.notify): a command names the variable always
+WHOLE = {"--notify": "FLAIRSEG_NOTIFY_URL"}
 
 
 def command_line(argv: list[str], module: str = "study.run", python: str = "python") -> str:
     """`python -m MODULE ARGS` as it can be run again (`python`: how to call the interpreter,
     study.commands.python() for a line printed to type here): a URL given with a password is
     replaced by the variable it can come from (`--optuna-storage "$OPTUNA_STORAGE"`); any
-    other password is shown as `***`."""
+    other password is shown as `***`; a `--notify` URL, whatever it holds, by its variable."""
     import shlex
 
     out: list[str] = []
@@ -176,9 +194,11 @@ def command_line(argv: list[str], module: str = "study.run", python: str = "pyth
     while i < len(args):
         arg = args[i]
         flag, eq, value = arg.partition("=")
-        if flag in ENV_OF and not eq and i + 1 < len(args):
+        if (flag in ENV_OF or flag in WHOLE) and not eq and i + 1 < len(args):
             value, i = args[i + 1], i + 1
-        if (
+        if flag in WHOLE:
+            out.append(f'{flag} "${WHOLE[flag]}"' if value else f"{flag} ''")
+        elif (
             flag in ENV_OF
             and value
             and (without_password(value)[2] is not None or had_password(value))

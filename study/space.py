@@ -137,6 +137,7 @@ class Search:
     decisions: str = "fixed"  # fixed: in the trials' order (study.ordered); arrival: as they come
     confirm: int = 3  # finalists the confirmation stage retrains (study.confirm); 0: none
     confirm_seeds: int = 3  # seeds each finalist is retrained with when not cross-validated
+    time_budget: float | None = None  # seconds of wall time per invocation (study.budget)
 
     # -- the space Optuna samples (define-by-run, so branches stay conditional) --
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import logging
 import os
 import signal
@@ -21,7 +20,6 @@ import sys
 import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,6 +239,8 @@ def make_tuner(job: TuneJob) -> tuple[Any, float]:
     """The Tuner for `job` (restored from its folder on a resume) and the GPUs per trial."""
     from ray import tune
 
+    from study.searcher import BudgetStopper, make_searcher
+
     gpus = gpus_per_trial(job.search)
     if job.referee is not None:  # ASHA in the trials' order: the invocation's referee
         from study import referee
@@ -256,7 +256,7 @@ def make_tuner(job: TuneJob) -> tuple[Any, float]:
         tune_config=tune.TuneConfig(
             metric=search.metric,
             mode=search.mode,
-            search_alg=_searcher(job),
+            search_alg=make_searcher(job),
             scheduler=_scheduler(search),
             num_samples=job.trials,
             max_concurrent_trials=search.concurrency,
@@ -270,6 +270,7 @@ def make_tuner(job: TuneJob) -> tuple[Any, float]:
             verbose=0,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=0),
+            stop=BudgetStopper(),  # a time budget's end (study.budget); none: never
         ),
     )
     return tuner, gpus
@@ -303,55 +304,6 @@ def _trainable(job: TuneJob, gpus: float) -> Any:
             experiment_path=job.path,
         ),
         {"cpu": search.cpus, "gpu": gpus},
-    )
-
-
-def _searcher(job: TuneJob) -> Any:
-    """Seeded TPE over the study's Optuna storage, so every invocation sees the earlier ones."""
-    import optuna
-
-    from study.ordered import OrderedSampler
-    from study.searcher import StudySearch
-
-    search = job.search
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # multivariate/group TPE are marked experimental; they are what conditional spaces need
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    conditional = any(d.model or d.when for d in search.dims)
-    make = functools.partial(_tpe, startup=search.startup_trials, conditional=conditional)
-    sampler = make(job.seed)
-    if job.ordered:
-        sampler = OrderedSampler(
-            # no constant liar: a view holds no running trial to lie about (and TPE would
-            # write its lie to the view's storage, which does not hold the trial)
-            functools.partial(make, liar=False),
-            seed=job.study_seed,
-            first=job.first_trial,
-            lag=search.concurrency,
-            fixed_only=bool(search.grid),
-        )
-    return StudySearch(
-        experiment_path=job.path,
-        referee=job.referee,
-        space=search,
-        metric=search.metric,
-        mode=search.mode,
-        sampler=sampler,
-        study_name=job.study_name,
-        storage=job.storage,
-    )
-
-
-def _tpe(seed: int, startup: int, conditional: bool, liar: bool = True) -> Any:
-    """Seeded TPE; multivariate and grouped where the space has conditional branches."""
-    import optuna
-
-    return optuna.samplers.TPESampler(
-        seed=seed,
-        n_startup_trials=startup,
-        multivariate=conditional,
-        group=conditional,
-        constant_liar=liar,
     )
 
 

@@ -341,3 +341,21 @@ def test_the_drivers_get_time_to_pause_on_sigterm() -> None:
     (cluster,) = [d for d in _docs("raycluster.yaml") if d["kind"] == "RayCluster"]
     (container,) = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"]
     assert int(_env(container)["RAY_JOB_STOP_WAIT_TIME_S"]["value"]) >= 60  # Ray's: 3 s
+
+
+def test_the_drivers_take_the_notify_url_from_the_secret() -> None:
+    """--notify's URL (study.notify; a webhook's token is its path, so all of it is secret)
+    reaches the nightly driver, the RayJob's (on the head) and compose's sweep from the
+    environment only: optional, so they run without it, and on no command line."""
+    ref = {"name": "flairseg-db", "key": "FLAIRSEG_NOTIFY_URL", "optional": True}
+    (cluster,) = [d for d in _docs("raycluster.yaml") if d["kind"] == "RayCluster"]
+    head = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    (cron,) = _docs("cronjob-sweep.yaml")
+    for driver in (head, *_containers(cron)):
+        assert _env(driver)["FLAIRSEG_NOTIFY_URL"]["valueFrom"]["secretKeyRef"] == ref
+    sweep = _compose()["services"]["sweep"]["environment"]
+    assert sweep["FLAIRSEG_NOTIFY_URL"] == "${FLAIRSEG_NOTIFY_URL:-}"  # unset: no message
+    sources = {"compose.yaml": [_compose()]} | {m.name: _docs(m.name) for m in MANIFESTS}
+    for name, docs in sources.items():
+        for line in (line for d in docs for line in _lines(d)):
+            assert "--notify" not in line and "NOTIFY_URL" not in line, f"{name}: {line}"

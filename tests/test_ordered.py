@@ -17,7 +17,7 @@ from study import confirm, ordered
 from study import search as searches
 from study.referee import Referee, milestones
 from study.schema import Tag
-from study.tuner import _tpe
+from study.searcher import tpe as _tpe
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
