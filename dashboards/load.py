@@ -122,6 +122,7 @@ class StudyData:
     folds: int | None = None
     importance: Mattered | None = None  # None: the latest invocation logged none
     answer: dict | None = None  # its comparison.json (dashboards.answer); None: none or bad
+    front: dict | None = None  # its front.json (dashboards.front); None: one objective
 
     def best_of(self, trials: list[Trial]) -> Trial | None:
         scored = [t for t in trials if t.ok and finite(t.metrics.get(self.metric))]
@@ -234,6 +235,7 @@ def load(uri: str, experiment: str, study: str | None = None) -> StudyData:
         folds=folds,
         importance=load_importance(c, parents[-1]),
         answer=load_answer(c, parents[-1]),
+        front=load_front(c, parents[-1]),
     )
     with tempfile.TemporaryDirectory(prefix="flairseg-report-") as folder:
         for trial in data.bests():
@@ -343,6 +345,14 @@ def load_answer(c: Any, parent: Any) -> dict | None:
     record["finalists"] = [f for f in kept if f.get("trial") is not None]
     trials = [f["trial"] for f in record["finalists"]]
     return record if record.get("winner") in trials else None
+
+
+def load_front(c: Any, parent: Any) -> dict | None:
+    """The parent run's front.json (study.front), every string escaped; None: it has none,
+    or its answer is not on its front."""
+    made = _escaped(_json_artifact(c, parent.info.run_id, schema.Artifact.FRONT))
+    ok = isinstance(made, dict) and all(isinstance(made.get(k), list) for k in ("front", "points"))
+    return made if ok and made["answer"] in [p.get("trial") for p in made["front"]] else None
 
 
 def _escaped(value: Any) -> Any:

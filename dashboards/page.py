@@ -26,6 +26,7 @@ from dashboards.figures import (
     fig_hyper,
     fig_parallel,
 )
+from dashboards.front import fig_front
 from dashboards.importance import fig_importance
 from dashboards.load import StudyData, load
 from dashboards.pictures import fig_evolution, fig_overlays
@@ -35,6 +36,7 @@ from dashboards.pictures import fig_evolution, fig_overlays
 FIGURES: tuple[tuple[str, Callable[[StudyData], go.Figure]], ...] = (
     ("answer", fig_answer),
     ("family", fig_family),
+    ("front", fig_front),
     ("best", fig_best_table),
     ("hyperparameters", fig_hyper),
     ("parallel", fig_parallel),

@@ -3,8 +3,8 @@
 Labs plan sweeps in hours of shared GPUs. With a budget, the invocation's wall time (from
 the driver's start) is split in three:
 
-- the search: trials are proposed while one more would still fit (the median length of the
-  trials ended so far; before any ended, one ASHA rung at the epochs' median length), and
+- the search: trials are proposed while one more would still reach its first ASHA rung
+  (its grace period, at the epochs' median length: it then ends with a value), and
   when the search's share ends Ray Tune stops the running trials (its `Stopper.stop_all`,
   `study.searcher.BudgetStopper`): each keeps its last epoch's checkpoint and value, and is
   recorded `stopped by the time budget at epoch N`;
@@ -93,7 +93,6 @@ class Clock:
     ended: list[str] = field(default_factory=list)  # the phases the budget cut short
     no_more: bool = False  # the search stopped proposing: one more trial would not fit
     epoch_s: list[float] = field(default_factory=list)
-    trial_s: list[float] = field(default_factory=list)
 
     def spent(self) -> float:
         return self.spent_before + time.monotonic() - self.started
@@ -121,8 +120,8 @@ class Clock:
         return self.left() - keep
 
     def trial_need(self) -> float:
-        if self.trial_s:
-            return statistics.median(self.trial_s)
+        """What a new trial needs to end with a value: its first ASHA rung (the budget
+        stops it there or later, at its last epoch, if it goes on)."""
         epoch = self.epoch()
         return self.grace * epoch if epoch else 0.0
 
@@ -198,11 +197,6 @@ def phase_over() -> bool:
 def saw_epoch(seconds: Any) -> None:
     if _CLOCK and isinstance(seconds, int | float) and seconds > 0:
         _CLOCK[0].epoch_s.append(float(seconds))
-
-
-def saw_trial(seconds: Any) -> None:
-    if _CLOCK and isinstance(seconds, int | float) and seconds > 0:
-        _CLOCK[0].trial_s.append(float(seconds))
 
 
 def confirming() -> None:

@@ -177,7 +177,7 @@ class StudyCallback(Callback):
                 self._log_epoch(run_id, earlier)  # epochs whose logging a killed driver missed
             resumed_from = int(history[-1]["epoch"]) if history else 0
             self.writes.set_tag(run_id, Tag.RESUMED_FROM, str(resumed_from))
-        metrics = dict(result)
+        metrics = dict(result) | schema.costs(result)  # what the trial cost so far
         if "time_this_iter_s" in result:
             metrics["epoch_seconds"] = result["time_this_iter_s"]
         self._log_epoch(run_id, metrics)
@@ -187,7 +187,8 @@ class StudyCallback(Callback):
         if epoch <= self._last_step.get(run_id, 0):
             return  # a step already logged before an interruption
         metrics = schema.epoch_metrics(result)
-        for key in ("epoch_seconds", *schema.MEASURED):  # how fast, and how much memory
+        # how fast, how much memory, what it cost
+        for key in ("epoch_seconds", *schema.MEASURED, *schema.COSTS):
             if key in result:
                 metrics[key] = result[key]
         tags = {Tag.EPOCHS_LOGGED: str(epoch)}

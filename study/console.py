@@ -42,8 +42,9 @@ def list_searches() -> None:
     for name in searches.available():
         s = searches.load(name)
         print(f"{name}: {s.description}")
+        cost = f", cost {s.cost.metric} (min)" if s.cost else ""
         print(
-            f"  objective {s.metric} ({s.mode}); {s.trials} trials; "
+            f"  objective {s.metric} ({s.mode}){cost}; {s.trials} trials; "
             + (
                 f"ASHA max {s.asha.max_epochs} epochs, grace {s.asha.grace_period}, "
                 f"reduction {s.asha.reduction_factor:g}"
@@ -107,7 +108,9 @@ def banner(opened: Opened, gpus: float) -> None:
     print(
         f"{_adds(opened)}\n"
         f"  data: {opened.data_dir} ({_patients(data, search.folds)}, {data.image_size} px)\n"
-        f"  {budget}; objective {search.metric} ({search.mode})\n"
+        f"  {budget}; objective {search.metric} ({search.mode})"
+        + (f", cost {search.cost.metric} (min)" if search.cost else "")
+        + "\n"
         f"  {search.concurrency} at a time, {search.cpus:g} CPU and {gpus:g} GPU per trial\n"
         f"  MLflow: {plan.mlflow_uri} (experiment {plan.experiment}); Optuna: {plan.optuna_url}; "
         f"Tune: {record.path}"
@@ -222,7 +225,8 @@ def print_summary(summary: dict[str, Any], seconds: float, uri: str, experiment:
     cfg = summary["best_config"]
     where = "this invocation" if summary.get("best_this_invocation") else "an earlier invocation"
     print(
-        f"  best of {study}: {summary['best_name']}, {summary['best_epochs']} epochs, from {where}"
+        f"  {'answer' if summary.get('front') else 'best'} of {study}: {summary['best_name']}, "
+        f"{summary['best_epochs']} epochs, from {where}"
     )
     print("  best config: " + " ".join(f"{k}={v}" for k, v in cfg.items() if v is not None))
     folds = summary.get("folds")
@@ -240,12 +244,18 @@ def print_summary(summary: dict[str, Any], seconds: float, uri: str, experiment:
             first = single_key("test_iou") if part == single_key("test") else f"{part}_iou"
             if first in summary:
                 print(f"  {label}:\n    " + _scores(summary, part))
-    print("  " + "\n  ".join(answer_lines(summary)))
+    if summary.get("front"):  # a second objective (study.front)
+        from study.front import lines as front_lines
+
+        print("  " + "\n  ".join(front_lines(summary["front"])))
+    else:
+        print("  " + "\n  ".join(answer_lines(summary)))
     if summary.get("registry"):
         print(f"  model registry: {summary['registry']}")
     print(f"  MLflow: {mlflow_hint(uri, experiment)}")
     value = summary.get(summary["objective"], float("nan"))
     which = "confirmed best" if summary.get("best_confirmed") else "best"
+    which = "the front's answer" if summary.get("front") else which
     line = (
         f"{which} of the study: {summary['objective']} {value:.4f} (trial #{summary['best_trial']}"
     )

@@ -55,8 +55,36 @@ def trial_seed(seed: int, number: int) -> int:
     return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
 
 
+def with_cost(trials: list[Any], cost: str) -> list[Any]:
+    """The trials as a two-objective study holds them: [objective, cost] (the cost the
+    searcher kept in the user attribute `cost`), COMPLETE, ASHA-stopped ones with their last
+    value; a trial without both is left out."""
+    from study.importance import value_of
+
+    out = []
+    for t in trials:
+        value, spent = value_of(t), t.user_attrs.get(COST_ATTR)
+        if value is None or not isinstance(spent, int | float) or not np.isfinite(spent):
+            continue
+        out.append(
+            optuna.trial.create_trial(
+                values=[value, float(spent)],
+                params=t.params,
+                distributions=t.distributions,
+                user_attrs=t.user_attrs,
+            )
+        )
+    return out
+
+
+COST_ATTR = "cost"  # an ended trial's cost (study.front), kept by the searcher
+
+
 class OrderedSampler(BaseSampler):
-    """Delegates to a fresh sampler per trial (`make(seed)`) that sees only `visible`."""
+    """Delegates to a fresh sampler per trial (`make(seed)`) that sees only `visible`. With
+    a `cost` (study.front), the view has two objectives, the study's and the cost
+    (minimised), and the sampler proposes for both (Optuna's multi-objective TPE). `waits`
+    False: every trial sees all that ended before it (decisions as results arrive)."""
 
     def __init__(
         self,
@@ -65,8 +93,12 @@ class OrderedSampler(BaseSampler):
         first: int,
         lag: int,
         fixed_only: bool = False,
+        cost: str | None = None,
+        waits: bool = True,
     ) -> None:
         self._make = make
+        self.cost = cost
+        self.waits = waits
         self.fixed_only = fixed_only  # a grid: every trial's parameters are fixed, none waits
         self._seed = seed
         self.first = first
@@ -82,10 +114,16 @@ class OrderedSampler(BaseSampler):
 
     def _for(self, study: Any, trial: Any) -> tuple[BaseSampler, Any]:
         if self._number != trial.number:
+            lag = self.lag if self.waits else 1  # not waiting: all that ended before it
+            seen = visible(study, trial.number, self.first, lag)
+            directions = study.directions
+            if self.cost is not None:
+                directions = [*directions, optuna.study.StudyDirection.MINIMIZE]
+                seen = with_cost(seen, self.cost)
             view = optuna.create_study(
-                storage=optuna.storages.InMemoryStorage(), directions=study.directions
+                storage=optuna.storages.InMemoryStorage(), directions=directions
             )
-            view.add_trials(visible(study, trial.number, self.first, self.lag))
+            view.add_trials(seen)
             self._view = view
             self._inner = self._make(trial_seed(self._seed, trial.number))
             self._number = trial.number

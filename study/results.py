@@ -24,7 +24,7 @@ from flairseg.engine import FAST, Speed, load_checkpoint, model_from_checkpoint,
 from flairseg.ensemble import Ensemble
 from flairseg.evolution import STATE_FILE
 from flairseg.folds import make_folds, split_of
-from study import budget, ledger, schema, tracking
+from study import budget, front, ledger, schema, tracking
 from study import search as searches
 from study.schema import Artifact, Role, Tag
 
@@ -55,7 +55,15 @@ def summarise(
         "objective": plan.search.metric,
         "study_trials": len(opened.study.trials),
     }
-    summary.update(score_best(opened, trial_runs, device, confirmed))
+    made = None
+    if plan.search.cost is not None:  # a second objective: the front's answer (study.front)
+        made = front.record(trial_runs, plan.search.metric, plan.search.mode, plan.search.cost)
+        summary["front"] = made
+        if made is not None:
+            tracking.log_json(c, opened.parent_id, made, Artifact.FRONT)
+            c.set_tag(opened.parent_id, Tag.ANSWER, front.lines(made)[1][:5000])
+    answer = made["answer"] if made else None
+    summary.update(score_best(opened, trial_runs, device, confirmed, answer))
     summary["confirmation"] = confirmed  # None: the study's answer is unconfirmed
     made = budget.record(opened.record.trials, sum(summary["trials"].values()))
     if made is not None:
@@ -102,7 +110,11 @@ def count_trials(runs: list) -> dict[str, Any]:
 
 
 def score_best(
-    opened: Opened, trial_runs: list, device: torch.device, confirmed: dict[str, Any] | None = None
+    opened: Opened,
+    trial_runs: list,
+    device: torch.device,
+    confirmed: dict[str, Any] | None = None,
+    answer: int | None = None,
 ) -> dict[str, Any]:
     """The study's answer, scored on val and test and logged on the parent run: the
     confirmed winner (its models as the confirmation trained them) or, unconfirmed, the
@@ -112,6 +124,8 @@ def score_best(
     winner = confirmed_winner(confirmed)
     if winner is not None:
         number, where = int(winner["trial"]), winner["checkpoint"]
+    elif answer is not None:  # a search with a cost: its front's answer (study.front)
+        number, where = answer, None
     else:
         best = ledger.best_trial(study)  # COMPLETE, or stopped by ASHA (PRUNED): its last value
         number, where = (best.number, None) if best is not None else (None, None)

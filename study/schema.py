@@ -134,6 +134,7 @@ class Artifact:
     REPORT = "report.html"
     IMPORTANCE = "importance.json"  # the parent run: what mattered (study.importance)
     COMPARISON = "comparison.json"  # the parent run: the confirmed finalists compared paired
+    FRONT = "front.json"  # the parent run: quality against cost, the front (study.front)
 
 
 # Metric keys (DESIGN.md), the same in callbacks, Tune results, MLflow and JSON.
@@ -168,6 +169,17 @@ BASE_PARAMS = (
 
 # what a trial measures of each epoch besides its scores (study.trainable)
 MEASURED = ("images_per_s", "peak_memory_mb")
+# what a trial cost so far, per epoch (study.front: a search's second objective may be one)
+COSTS = ("model_epochs", "training_seconds", "parameters", "inference_ms")
+
+
+def costs(result: dict) -> dict[str, float]:
+    """A Tune result's costs: training_seconds is Tune's `time_total_s` (the trial's wall
+    time so far); the others the trial reports (study.trainable)."""
+    found = {"training_seconds": result.get("time_total_s")}
+    found |= {k: result.get(k) for k in COSTS if k != "training_seconds"}
+    return {k: float(v) for k, v in found.items() if isinstance(v, int | float)}
+
 
 DEFAULT_METRIC, DEFAULT_MODE = "val_iou", "max"
 

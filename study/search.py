@@ -26,6 +26,7 @@ A search file holds data, not code:
                                                   # or 3 seeds) and compared paired; or false
     concurrency: 2
     time_budget: 8h                               # the invocation's wall time (study.budget)
+    cost: training_seconds                        # a second objective (study.front)
     resources: {cpus: 1, gpus: auto}              # per trial; auto: 1 if CUDA is visible
     sampler: {startup_trials: 5}                  # random trials before TPE takes over
     laptop: {...}                                 # overrides for the laptop profile
@@ -51,7 +52,7 @@ import yaml
 from yaml.composer import ComposerError
 
 from flairseg.errors import ConfigError
-from study import budget
+from study import budget, front
 from study.search_answer import parse_confirm, parse_decisions
 from study.search_checks import (
     MAX_EPOCH_SCALE,
@@ -217,6 +218,20 @@ def parse_counts(
     return float(scale), trials, concurrency
 
 
+def parse_cost(data: Mapping[str, Any], overrides: Mapping[str, Any], where: str) -> Any:
+    """The search's cost (study.front.Cost), None without one; a search with one answers
+    by its Pareto front, and a confirmation asked for beside it is refused."""
+    cost = front.parse(data.get("cost"), where)
+    asked = overrides.get("confirm") or data.get("confirm") not in (None, False)
+    if cost is not None and asked:
+        label = "--confirm" if overrides.get("confirm") else f"{where}: confirm"
+        raise ConfigError(
+            f"{label}: a search with a cost answers by its Pareto front; confirming "
+            "finalists is not done with one (drop it, or the cost)"
+        )
+    return cost
+
+
 def parse(
     raw: Mapping[str, Any],
     name: str,
@@ -242,6 +257,8 @@ def parse(
     epoch_scale, trials, concurrency = parse_counts(data, overrides, where, len(grid))
     cpus, gpus = parse_resources(data.get("resources") or {}, overrides, where)
     confirm, confirm_seeds = parse_confirm(data.get("confirm"), where, overrides.get("confirm"))
+    cost = parse_cost(data, overrides, where)
+    confirm = 0 if cost is not None else confirm  # answered by its front (study.front)
     time_budget = None
     if "time_budget" in overrides:
         time_budget = budget.parse(overrides["time_budget"], "--time-budget")
@@ -270,6 +287,7 @@ def parse(
         confirm=confirm,
         confirm_seeds=confirm_seeds,
         time_budget=time_budget,
+        cost=cost,
         raw={**data, "name": name},
     )
     check_buildable(search, where)

@@ -28,6 +28,7 @@ TOP_KEYS = {
     "asha",
     "concurrency",
     "time_budget",
+    "cost",
     "resources",
     "sampler",
     "cv",

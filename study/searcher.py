@@ -41,11 +41,17 @@ class StudySearch(OptunaSearch):
     proposal waits (None: Tune asks again) until the trials it may see have ended."""
 
     def __init__(
-        self, *args: Any, experiment_path: str, referee: str | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        experiment_path: str,
+        referee: str | None = None,
+        cost: str | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self._experiment_path = experiment_path
         self._referee = referee
+        self._cost = cost  # the search's cost (study.front), kept on each trial at its end
         self._waits = 0  # proposals answered "not yet"
 
     def suggest(self, trial_id: str) -> dict | None:
@@ -78,6 +84,8 @@ class StudySearch(OptunaSearch):
         sampler = self._sampler
         if not isinstance(sampler, ordered.OrderedSampler) or sampler.fixed_only:
             return True
+        if not sampler.waits:  # a view for the cost only: decisions as results arrive
+            return True
         study = adapters.searcher_study(self)
         number, _ = ordered.next_number(study)
         return ordered.ready(study, number, sampler.first, sampler.lag)
@@ -105,7 +113,9 @@ class StudySearch(OptunaSearch):
         elif scored and not done:
             # Tune keeps from the searcher the result its scheduler stopped the trial on
             self.on_trial_result(trial_id, result)
-            budget.saw_trial(result.get("time_total_s"))  # how long trials take, stopped or not
+            spent = schema.costs(result).get(self._cost) if self._cost else None
+            if spent is not None:  # what the sampler's two-objective view reads
+                adapters.searcher_trials(self)[trial_id].set_user_attr(ordered.COST_ATTR, spent)
             epoch = stopped_at(result)
             if epoch is not None:
                 trial = adapters.searcher_trials(self)[trial_id]
@@ -190,7 +200,8 @@ def make_searcher(job: Any) -> StudySearch:
     conditional = any(d.model or d.when for d in search.dims)
     make = functools.partial(tpe, startup=search.startup_trials, conditional=conditional)
     sampler = make(job.seed)
-    if job.ordered:
+    cost = search.cost.metric if search.cost else None
+    if job.ordered or cost:  # a cost's two objectives are proposed from a view too
         sampler = OrderedSampler(
             # no constant liar: a view holds no running trial to lie about (and TPE would
             # write its lie to the view's storage, which does not hold the trial)
@@ -199,10 +210,13 @@ def make_searcher(job: Any) -> StudySearch:
             first=job.first_trial,
             lag=search.concurrency,
             fixed_only=bool(search.grid),
+            cost=cost,
+            waits=job.ordered,
         )
     return StudySearch(
         experiment_path=job.path,
         referee=job.referee,
+        cost=cost,
         space=search,
         metric=search.metric,
         mode=search.mode,

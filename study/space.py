@@ -138,6 +138,7 @@ class Search:
     confirm: int = 3  # finalists the confirmation stage retrains (study.confirm); 0: none
     confirm_seeds: int = 3  # seeds each finalist is retrained with when not cross-validated
     time_budget: float | None = None  # seconds of wall time per invocation (study.budget)
+    cost: Any = None  # study.front.Cost: a second objective, minimised; None: one objective
 
     # -- the space Optuna samples (define-by-run, so branches stay conditional) --
 

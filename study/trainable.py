@@ -109,11 +109,11 @@ def train_trial(
     number = int(config.get("optuna_trial", -1))
     if resume and rungs is not None and stopped_on_resume(rungs, number, resume, train_config):
         return
-    slow = _slowdown(number)
+    slow, measured = _slowdown(number), {}  # measured: what `_costs` times once
 
     def on_epoch(report: EpochReport | FoldsReport) -> bool:
         time.sleep(slow)
-        how = _folds_trained(report) | _throughput(report)
+        how = _measures(report, evolution_inputs, measured)
         # a checkpoint the disk has no room for pauses the study (study.diskfull)
         with (
             diskfull.checkpointing(_trial_folder()),
@@ -161,6 +161,35 @@ def _throughput(report: EpochReport | FoldsReport) -> dict[str, Any]:
     if done and sum(t for _, t in done) > 0:
         out["images_per_s"] = sum(n for n, _ in done) / sum(t for _, t in done)
     return out
+
+
+def _measures(
+    report: EpochReport | FoldsReport, images: torch.Tensor, measured: dict[str, float]
+) -> dict[str, Any]:
+    """What a trial reports of how it trained beside its metrics: fused or not, its
+    throughput and memory, what it cost so far."""
+    return _folds_trained(report) | _throughput(report) | _costs(report, images, measured)
+
+
+def _costs(
+    report: EpochReport | FoldsReport, images: torch.Tensor, measured: dict[str, float]
+) -> dict[str, float]:
+    """What the trial cost so far (study.front): model_epochs (epochs x its models), and,
+    measured at its first epoch, one model's parameters and its inference milliseconds
+    per slice (the median of 3 timed forward passes over `images`, after one to warm up,
+    on the trial's device and precision)."""
+    one = report.folds[0] if isinstance(report, FoldsReport) else report
+    models = len(report.folds) if isinstance(report, FoldsReport) else 1
+    if not measured:
+        measured["parameters"] = float(sum(p.numel() for p in one.state.model.parameters()))
+        one.predict(images)  # warm-up: the first pass pays for allocations
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            one.predict(images)  # returns on the CPU: the device is done
+            times.append(time.perf_counter() - started)
+        measured["inference_ms"] = 1000 * sorted(times)[1] / max(len(images), 1)
+    return {"model_epochs": float(report.epoch * models), **measured}
 
 
 def _folds_trained(report: EpochReport | FoldsReport) -> dict[str, str]:

@@ -53,18 +53,16 @@ def test_a_search_file_takes_a_budget_and_the_flag_wins(tmp_path: Path) -> None:
 
 def test_one_more_trial_is_proposed_only_while_it_fits() -> None:
     """The search's share: the budget less the reserve less the confirmation's need; a
-    trial fits while the share left exceeds the median trial."""
+    trial fits while the share left holds its first ASHA rung (grace x the median epoch)."""
     budget.driver_started()
-    budget.start(600, confirm_epochs=10)  # reserve 30 s: 570 s for search and confirmation
+    budget.start(600, grace=3, confirm_epochs=10)  # reserve 30 s: 570 s to share
     assert budget.may_start()  # nothing measured yet
     budget.saw_epoch(100.0)  # the confirmation would need 1000 s: more than a third, kept
     assert budget.clock().confirm_keep() == 0  # nothing for it (it will be skipped)
     budget.clock().epoch_s[:] = [5.0]  # it needs 10 x 5 s: the search has about 520 s
     assert budget.clock().confirm_keep() == 50
-    budget.saw_trial(400.0)
     assert budget.may_start() and not budget.phase_over()
-    budget.saw_trial(700.0)
-    budget.saw_trial(700.0)  # the median trial, 700 s, no longer fits
+    budget.clock().epoch_s[:] = [200.0]  # a rung of 3 such epochs (600 s) no longer fits
     assert not budget.may_start() and budget.ended() and not budget.cut()
     assert not budget.may_start()  # once refused, never again
     budget.start(None)

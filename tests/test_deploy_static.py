@@ -251,8 +251,10 @@ def test_every_ray_process_in_kubernetes_runs_with_token_auth() -> None:
     token = {"name": auth.get("secretName", cluster["metadata"]["name"]), "key": "auth_token"}
     (cron,) = _docs("cronjob-sweep.yaml")
     (job,) = _docs("rayjob-sweep.yaml")
-    drivers = [*_containers(cron), *_containers(job)]  # the nightly driver, the job's submitter
-    assert len(drivers) == 2
+    (raycron,) = _docs("raycronjob-sweep.yaml")
+    # the nightly driver, the job's and the scheduled job's submitters
+    drivers = [*_containers(cron), *_containers(job), *_containers(raycron)]
+    assert len(drivers) == 3
     for container in drivers:
         env = _env(container)
         assert env["RAY_AUTH_MODE"]["value"] == "token", container["name"]
@@ -359,3 +361,49 @@ def test_the_drivers_take_the_notify_url_from_the_secret() -> None:
     for name, docs in sources.items():
         for line in (line for d in docs for line in _lines(d)):
             assert "--notify" not in line and "NOTIFY_URL" not in line, f"{name}: {line}"
+
+
+def _period_s(schedule: str) -> int:
+    """Seconds between firings of the schedules shipped: `M H * * *` (daily) only."""
+    minute, hour, *rest = schedule.split()
+    assert rest == ["*", "*", "*"] and minute.isdigit() and hour.isdigit(), schedule
+    return 86400
+
+
+def _budget_of(argv: str) -> float:
+    from study import budget
+
+    found = re.search(r"--time-budget[= ](\S+)", argv)
+    assert found, f"no --time-budget in {argv!r}"
+    return budget.parse(found.group(1), "--time-budget")
+
+
+def test_the_scheduled_sweeps_end_before_the_next_firing() -> None:
+    """Each scheduled sweep has a time budget; its deadline (SIGTERM: a pause) comes after
+    the budget, with time to close out, and both well before the next firing."""
+    (cron,) = _docs("cronjob-sweep.yaml")
+    job = cron["spec"]["jobTemplate"]["spec"]
+    (container,) = job["template"]["spec"]["containers"]
+    grace = job["template"]["spec"]["terminationGracePeriodSeconds"]
+    (cluster,) = [d for d in _docs("raycluster.yaml") if d["kind"] == "RayCluster"]
+    (head,) = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"]
+    ray_stop_wait = int(_env(head)["RAY_JOB_STOP_WAIT_TIME_S"]["value"])  # then SIGKILL
+    (raycron,) = _docs("raycronjob-sweep.yaml")
+    assert raycron["kind"] == "RayCronJob"
+    template = raycron["spec"]["jobTemplate"]
+    assert template["clusterSelector"]["ray.io/cluster"] == "flairseg"
+    sweeps = {
+        "CronJob": (cron["spec"]["schedule"], " ".join(container["args"]), job, grace),
+        "RayCronJob": (
+            raycron["spec"]["schedule"],
+            template["entrypoint"],
+            template,
+            ray_stop_wait,
+        ),
+    }
+    for kind, (schedule, argv, spec, stop_wait) in sweeps.items():
+        period, budget_s = _period_s(schedule), _budget_of(argv)
+        deadline = spec["activeDeadlineSeconds"]
+        assert budget_s + 10 * 60 <= deadline, kind  # the budget's overshoot has room
+        assert deadline + stop_wait < period, kind  # paused before the next firing
+        assert "--study" in argv and "nightly" in argv, kind

@@ -237,7 +237,7 @@ def test_the_parent_run_holds_the_rankings_and_the_report_draws_them(
     assert list(cost.y)[-1] == "budget"
     assert "the objective, val_iou" in [a.text for a in fig.layout.annotations]
     page, count = build(data)
-    assert count == len(FIGURES) and [n for n, _ in FIGURES].index("importance") == 5
+    assert count == len(FIGURES) and [n for n, _ in FIGURES].index("importance") == 6
     assert 'id="fig-importance"' in page
     facts = dict(zip(*fig_facts_rows(data), strict=True))
     assert facts["model registry"] == registry.replace("<", "&lt;").replace(">", "&gt;")

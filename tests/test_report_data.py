@@ -103,7 +103,7 @@ def test_every_figure_builds_from_loaded_data_alone() -> None:
         tags={"search": "hand-made"},
     )
     page, count = build(data)
-    assert count == len(FIGURES) == 10
+    assert count == len(FIGURES) == 11
     assert "train: 1 patients (a)" in page and "hand-made" in page
     assert len(fig_overlays(data).data) == 1  # one group, one row of pictures
     evolution = fig_evolution(data)
