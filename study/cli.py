@@ -199,12 +199,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     paused it, 75 when a disk filled: study.diskfull); a bad input raises ConfigError,
     which `run_cli` turns into exit 2."""
     args = build_parser().parse_args(argv)
-    quiet()
     if args.list:
+        quiet()
         list_searches()
         return 0
+    status, _ = execute(args)
+    return status
+
+
+def execute(args: argparse.Namespace) -> tuple[int, Plan | None]:
+    """Run the study parsed flags ask for, the command line's and the Python API's one
+    path (study.api): its exit status and plan (None when refused before one was made)."""
+    quiet()
     check_args(args)
     budget.driver_started()  # a time budget counts from here
+    stops.reset()  # a driver that runs a second study (study.api) starts with none caught
     stops.install()  # SIGTERM and SIGHUP pause the study as Ctrl+C does
     with latched_interrupts():  # a Ctrl+C that Ray or Tune swallow still stops the study
         try:
@@ -216,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 headline(plan)  # the first line: before the synthetic set is made, Ray starts
                 plan = with_data(plan)
                 storage = ledger.open_storage(plan.optuna_url)
-                return run_study(open_tracking(plan), storage)
+                return run_study(open_tracking(plan), storage), plan
             finally:
                 lock.release()
         except FlairsegError as err:  # a line that quotes a URL shows no password taken from it

@@ -23,6 +23,11 @@ _CAUGHT: list[tuple[str, int]] = []
 _IGNORED: set[int] = set()  # ignored when the driver started (`nohup`: SIGHUP): left so
 
 
+def reset() -> None:
+    """Forget what paused an earlier study of this process (study.api runs several)."""
+    _CAUGHT.clear()
+
+
 def install() -> None:
     """SIGTERM and SIGHUP act as a Ctrl+C from now on (main thread only: Python's rule),
     but for one the driver was started ignoring (`nohup` ignores SIGHUP: a logout must not
