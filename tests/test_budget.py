@@ -4,10 +4,12 @@ nothing RUNNING, and is continued by a later invocation (real Ray, Optuna, MLflo
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from study_helpers import StudyEnv
+from test_notify import Hook
 from test_study_faults import assert_refused, nothing_running
 
 from flairseg.errors import ConfigError
@@ -98,9 +100,19 @@ def test_a_budget_that_ends_mid_trial_closes_out_and_a_later_invocation_goes_on(
     `--resume` has nothing to finish and the same command again adds a trial."""
     env = StudyEnv(tmp_path, phantom_dir)
     args = ("--search", "combo_alpha", "--image-size", "32", "--concurrency", "1")
-    done = env.run(*args, "--trials", "3", "--max-epochs", "500", "--time-budget", "90s")
+    hook = Hook()  # --notify's message for this ending (study.notify)
+    try:
+        budgeted = ("--trials", "3", "--max-epochs", "500", "--time-budget", "90s")
+        done = env.run(*args, *budgeted, "--notify", hook.url())
+        ((_, _, body),) = hook.wait()
+    finally:
+        hook.close()
     text = done.stdout + done.stderr
     assert done.returncode == 0, text
+    message = json.loads(body)
+    assert (message["outcome"], message["exit_status"]) == ("budget spent", 0), message
+    assert message["message"].endswith("ended: its time budget is spent")
+    assert message["report"] and message["best"]["objective"] == "val_iou"
     assert "time budget 1m30s: it ended the search after" in text, text
     assert "stopped by the time budget at epoch" in text, text
     assert "Traceback" not in text and "left RUNNING" not in text, text

@@ -5,12 +5,14 @@ twice (a real MLflow server, killed)."""
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
 import pytest
 from cluster import MlflowServer, stop
 from study_helpers import StudyEnv, wait_for
+from test_notify import Hook
 
 pytestmark = pytest.mark.slow
 
@@ -24,17 +26,24 @@ def test_a_study_outlives_its_mlflow_server(tmp_path: Path, phantom_dir: Path) -
     backend = f"sqlite:///{tmp_path / 'server.db'}"
     server = MlflowServer(backend, tmp_path / "artifacts")
     env = StudyEnv(tmp_path, phantom_dir)
-    proc, log = env.start(*ARGS, "--mlflow-uri", server.url)
+    hook = Hook()  # --notify's message for this ending (study.notify)
+    proc, log = env.start(*ARGS, "--mlflow-uri", server.url, "--notify", hook.url())
     try:
         wait_for(log, ": completed", proc)  # the first trial is logged; the second is not yet
         stop(server.proc, signal.SIGKILL)  # gone, and not back before the study ends
         proc.wait(timeout=1200)
+        ((_, _, body),) = hook.wait()
     finally:
         stop(server.proc, signal.SIGKILL)
         if proc.poll() is None:
             proc.kill()
+        hook.close()
     out = log.read_text()
     assert proc.returncode == 3, out
+    message = json.loads(body)
+    assert (message["outcome"], message["exit_status"]) == ("mlflow away", 3)
+    assert message["mlflow"]["uri"] == server.url and "--resume" in message["message"]
+    assert message["best"]["trial"] in (0, 1)  # Optuna still answers
     assert "Traceback" not in out
     assert "trials train on, their MLflow writes kept in" in out  # said once, at the outage
     (away,) = [line for line in out.splitlines() if line.startswith("error:")]

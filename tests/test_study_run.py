@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from study_helpers import HOPELESS, StudyEnv, readable_by_others, wait_for, write_search
+from test_notify import Hook
 
 pytestmark = pytest.mark.slow
 
@@ -197,10 +198,23 @@ def test_a_study_where_every_trial_fails_exits_1(tmp_path: Path, phantom_dir: Pa
         "points: [{lr: 1.0e+30}, {lr: 0.001}, {lr: 0.001}]", "points: [{lr: 1.0e+30}]"
     )
     text = text.replace("trials: 3", "trials: 1")
-    result = env.run("--search", str(write_search(tmp_path / "allnan.yaml", text)))
+    hook = Hook()  # --notify's message for this ending (study.notify)
+    try:
+        search = str(write_search(tmp_path / "allnan.yaml", text))
+        result = env.run("--search", search, "--notify", hook.url())
+        ((_, _, body),) = hook.wait()
+    finally:
+        hook.close()
     assert result.returncode == 1, result.stdout + result.stderr
     assert "no trial" in result.stdout
     assert_nothing_running(env.runs("allnan"))
+    message = json.loads(body)
+    assert (message["outcome"], message["exit_status"], message["best"]) == (
+        "no trial succeeded",
+        1,
+        None,
+    )
+    assert message["message"] == "invocation #1 of study allnan ended: no trial succeeded"
 
 
 def test_extending_a_study_adds_new_trials_and_reruns_nothing(
