@@ -30,6 +30,7 @@ from dashboards.front import fig_front
 from dashboards.importance import fig_importance
 from dashboards.load import StudyData, load
 from dashboards.pictures import fig_evolution, fig_overlays
+from dashboards.throughput import fig_throughput
 
 # The sections in page order: the id of each figure's <section> and its builder. The answer
 # (the confirmed finalists compared) first: it is what a reader of the study wants first.
@@ -42,6 +43,7 @@ FIGURES: tuple[tuple[str, Callable[[StudyData], go.Figure]], ...] = (
     ("parallel", fig_parallel),
     ("importance", fig_importance),
     ("curves", fig_curves),
+    ("throughput", fig_throughput),
     ("overlays", fig_overlays),
     ("evolution", fig_evolution),
     ("facts", fig_facts),

@@ -19,7 +19,7 @@ from flairseg.config import TrainConfig
 from study import schema, tracking
 from study.schema import Param, Role, Status, Tag
 
-FIGURES = 11
+FIGURES = 12
 SPLIT = {"train": ["O'Brien_1", "p2"], "val": ["b"], "test": ["c"]}  # a quote in an ID
 ONE_TRIAL = [{"model": "unet", "loss": "dice", "status": "completed", "curve": [0.1, 0.3, 0.5]}]
 

@@ -103,7 +103,7 @@ def test_every_figure_builds_from_loaded_data_alone() -> None:
         tags={"search": "hand-made"},
     )
     page, count = build(data)
-    assert count == len(FIGURES) == 11
+    assert count == len(FIGURES) == 12
     assert "train: 1 patients (a)" in page and "hand-made" in page
     assert len(fig_overlays(data).data) == 1  # one group, one row of pictures
     evolution = fig_evolution(data)
@@ -288,3 +288,42 @@ def test_load_reads_the_folds_and_the_spread_from_mlflow(tmp_path, monkeypatch) 
     assert plain.folds is None and plain.trials[0].curve_std == []
     assert plain.trials[0].spread("val_iou") is None
     assert asked == ["val_iou"]  # no extra request without folds
+
+
+def test_throughput_is_one_bar_per_trial_that_measured_it() -> None:
+    from dashboards.throughput import NONE, fig_throughput
+
+    fast, slow, old = (
+        trial(0, UNET, ["lr"], 0.5),
+        trial(1, UNET, ["lr"], 0.6),
+        trial(2, UNET, [], 0.1),
+    )
+    fast.metrics.update(images_per_s=120.0, peak_memory_mb=900.0, training_seconds=30.0)
+    slow.metrics.update(images_per_s=40.0)
+    fig = fig_throughput(study([slow, fast, old]))
+    (bars,) = fig.data
+    assert list(bars.x) == ["#0 unet", "#1 unet"] and list(bars.y) == [120.0, 40.0]
+    assert (
+        bars.text[0] == "900 MB peak, 30 s training" and bars.text[1] == "no memory or cost logged"
+    )
+    assert NONE in str(fig_throughput(study([old])).layout.annotations[0].text)
+
+
+def test_the_front_section_draws_points_front_and_answer() -> None:
+    from dashboards.front import NO_COST, fig_front
+
+    def point(n: int, objective: float, cost: float) -> dict:
+        return {"trial": n, "name": f"#{n}", "objective": objective, "cost": cost,
+                "epochs": 3, "model": "unet"}  # fmt: skip
+
+    made = {
+        "objective": "val_iou", "cost": "training_seconds", "answer": 1, "rule": "the rule",
+        "points": [point(0, 0.8, 50), point(1, 0.79, 20), point(2, 0.5, 30)],
+        "front": [point(1, 0.79, 20), point(0, 0.8, 50)],
+    }  # fmt: skip
+    fig = fig_front(study([trial(0, UNET, [], 0.8)], front=made))
+    points, line, answer = fig.data
+    assert list(points.x) == [50, 20, 30] and list(line.x) == [20, 50]
+    assert list(answer.x) == [20] and answer.name == "the answer: trial #1"
+    assert "the rule" in fig.layout.title.text
+    assert NO_COST in str(fig_front(study([trial(0, UNET, [], 0.8)])).layout.annotations[0].text)
