@@ -4,6 +4,7 @@ project's exceptions, Ctrl+C that leaves the process running, two studies in one
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -65,6 +66,18 @@ def test_two_studies_in_one_process_each_with_its_result(
         assert len(frame) == 2 and set(frame["trial"]) == {0, 1}
         assert frame.attrs["study"] == name
     assert first.parent_run != second.parent_run
+    # the same study from the command line, in a folder of its own: the same answer
+    cli = StudyEnv(tmp_path / "cli", phantom_dir)
+    out = tmp_path / "cli.json"
+    flags = ("--image-size", "32", "--max-epochs", "2", "--trials", "2", "--no-register")
+    done = cli.run("--search", "combo_alpha", "--study", "first", *flags, "--json", str(out))
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads(out.read_text())
+    assert first.summary["best_trial"] == summary["best_trial"] == first.best_trial
+    assert first.best_config == summary["best_config"]
+    for key, value in first.scores.items():
+        assert value == pytest.approx(summary[key], abs=1e-6), key
+    assert first.trial_counts == summary["trials"]
     opened = api.open("second", experiment="combo_alpha", mlflow_uri=env.mlflow_uri)
     assert opened.parent_run == second.parent_run and opened.scores == second.scores
     assert opened.exit_status is None and opened.best_config == second.best_config
