@@ -168,7 +168,7 @@ BASE_PARAMS = (
 )
 
 # what a trial measures of each epoch besides its scores (study.trainable)
-MEASURED = ("images_per_s", "peak_memory_mb")
+MEASURED = ("images_per_s", "peak_memory_mb", "gpu_util_percent")
 # what a trial cost so far, per epoch (study.front: a search's second objective may be one)
 COSTS = ("model_epochs", "training_seconds", "parameters", "inference_ms")
 

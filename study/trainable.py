@@ -48,7 +48,7 @@ from flairseg.evolution import (
 )
 from flairseg.folds import make_folds
 from flairseg.patients import patient_scores
-from study import diskfull, referee, settled
+from study import diskfull, gpu_use, referee, settled
 from study.referee import Rungs
 from study.schema import Tag
 
@@ -103,9 +103,9 @@ def train_trial(
     fold_data = make_folds(data, folds, train_config.split_seed) if folds else None
     evolution, evolution_inputs = _evolution_of(fold_data[1][0].val if fold_data else data.val)
     resume, evolution = _resumed(config, evolution)
-    # after a resume, the first report carries the epochs before it: a driver killed
-    # between a checkpoint and its MLflow write logs them from here (see callbacks)
+    # after a resume, the first report carries the epochs before it (see callbacks)
     backfill = {"resumed_history": json.dumps(resume["history"])} if resume else {}
+    gpu_use.watch(pick_device())  # its GPU's utilisation, where NVML is there
     number = int(config.get("optuna_trial", -1))
     if resume and rungs is not None and stopped_on_resume(rungs, number, resume, train_config):
         return
@@ -158,6 +158,7 @@ def _throughput(report: EpochReport | FoldsReport) -> dict[str, Any]:
     else:  # the worker process's peak so far (the kernel keeps no other)
         peak, name = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "cpu"
     out: dict[str, Any] = {"peak_memory_mb": peak / 2**20, Tag.DEVICE: name}
+    out |= gpu_use.since_last(device)  # the epoch's mean GPU utilisation (study.gpu_use)
     if done and sum(t for _, t in done) > 0:
         out["images_per_s"] = sum(n for n, _ in done) / sum(t for _, t in done)
     return out

@@ -35,3 +35,15 @@ def test_a_tree_without_git_records_no_commit(monkeypatch: pytest.MonkeyPatch, t
 
     monkeypatch.setattr(module, "REPO", tmp_path)  # a copied tree: no .git there
     assert "env.commit" not in environment() and "env.dirty" not in environment()
+
+
+def test_gpu_use_is_absent_where_there_is_no_gpu() -> None:
+    """study.gpu_use samples only a CUDA device NVML knows: on a CPU no sampler, no metric."""
+    import torch
+
+    from study import gpu_use
+
+    cpu = torch.device("cpu")
+    assert gpu_use.watch(cpu) is None and gpu_use.since_last(cpu) == {}
+    if not torch.cuda.is_available():
+        assert gpu_use.since_last(torch.device("cuda")) == {}

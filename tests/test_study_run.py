@@ -92,6 +92,7 @@ def test_a_study_lands_in_mlflow_as_designed(tmp_path: Path, phantom_dir: Path) 
             assert [m.step for m in measured] == [m.step for m in history], key
             assert all(m.value > 0 for m in measured), key
         assert tags["device"] == "cpu"
+        assert "gpu_util_percent" not in kid.data.metrics  # no GPU: absent, never made up
         pictures = [a.path for a in c.list_artifacts(kid.info.run_id, "evolution")]
         assert any(p.endswith(".png") for p in pictures) and "evolution/evolution.npz" in pictures
     from flairseg.models import model_keys, model_params
