@@ -39,6 +39,13 @@ OFFSET = 0.18  # each metric's row around its runner-up's, in the lower panel
 
 def fig_answer(data: StudyData) -> go.Figure:
     """The finalists per patient and the winner's paired differences, or why there are none."""
+    if data.front:  # a search with a cost answers by its front (dashboards.front)
+        chosen = data.front["answer"]
+        return empty(TITLE, _wrap(
+            f"This study weighs {data.front['objective']} against {data.front['cost']}: its "
+            f"answer is trial #{chosen}, {data.front['rule']} (see the quality against cost "
+            "below); no finalists are confirmed for a trade-off."
+        ))  # fmt: skip
     if str(data.tags.get(CONFIRMED, "")).strip().lower() == "false":
         return empty(TITLE, _wrap(unconfirmed(data)))
     record = data.answer

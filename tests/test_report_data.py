@@ -327,3 +327,12 @@ def test_the_front_section_draws_points_front_and_answer() -> None:
     assert list(answer.x) == [20] and answer.name == "the answer: trial #1"
     assert "the rule" in fig.layout.title.text
     assert NO_COST in str(fig_front(study([trial(0, UNET, [], 0.8)])).layout.annotations[0].text)
+
+
+def test_a_study_with_a_cost_says_its_answer_is_the_fronts() -> None:
+    from dashboards.answer import fig_answer
+
+    made = {"objective": "val_iou", "cost": "parameters", "answer": 4, "rule": "R", "front": [],
+            "points": []}  # fmt: skip
+    text = str(fig_answer(study([trial(0, UNET, [], 0.8)], front=made)).layout.annotations[0].text)
+    assert "its answer is trial #4, R" in text and "--no-confirm" not in text
