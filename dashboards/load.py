@@ -352,7 +352,9 @@ def load_front(c: Any, parent: Any) -> dict | None:
     or its answer is not on its front."""
     made = _escaped(_json_artifact(c, parent.info.run_id, schema.Artifact.FRONT))
     ok = isinstance(made, dict) and all(isinstance(made.get(k), list) for k in ("front", "points"))
-    return made if ok and made["answer"] in [p.get("trial") for p in made["front"]] else None
+    ok = ok and all(isinstance(made.get(k), str) for k in ("objective", "cost", "rule"))
+    ok = ok and all(isinstance(p, dict) for p in made["front"] + made["points"])
+    return made if ok and made.get("answer") in [p.get("trial") for p in made["front"]] else None
 
 
 def _escaped(value: Any) -> Any:

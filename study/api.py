@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from flairseg.errors import ConfigError
-from study import schema
+from study import schema, secrets
 from study.schema import Artifact, Param, Role, Tag
 
 NO_FLAGS = {"confirm": "--no-confirm", "register": "--no-register", "fuse": "--no-fuse"}
@@ -96,7 +96,7 @@ def run(search: str, **settings: Any) -> StudyResult:
     with tempfile.TemporaryDirectory(prefix="flairseg-api-") as folder:
         # the summary, read back from a file unless the caller named one
         target = Path(settings.setdefault("json", str(Path(folder) / "summary.json")))
-        args = build_parser().parse_args(argv_of(search, settings))
+        args = parsed(build_parser(), argv_of(search, settings))
         saved = _signal_handlers()
         try:
             status, plan = execute(args)
@@ -107,6 +107,11 @@ def run(search: str, **settings: Any) -> StudyResult:
     if status == 130:  # Ctrl+C: recorded and said; the caller's Ctrl+C goes on up
         raise KeyboardInterrupt
     assert plan is not None  # a study refused before its plan raised ConfigError
+    if status == 3:  # the line the command printed said it; nothing to read back now
+        raise ConfigError(
+            f"MLflow at {secrets.redact(plan.mlflow_uri)} did not answer by the end: the "
+            "trials ended; once it answers, finish with run(..., resume=True)"
+        )
     return open(
         plan.study_name,
         experiment=plan.experiment,
@@ -114,6 +119,23 @@ def run(search: str, **settings: Any) -> StudyResult:
         exit_status=status,
         summary=summary,
     )
+
+
+def parsed(parser: Any, argv: list[str]) -> Any:
+    """The flags parsed as the command line parses them; a bad value is a ConfigError with
+    argparse's line (it would exit the process)."""
+    import contextlib
+    import io
+
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            args = parser.parse_args(argv)
+    except SystemExit:
+        line = said.getvalue().strip().splitlines()
+        raise ConfigError(line[-1] if line else f"run(): bad settings {argv}") from None
+    args.argv = argv  # what the parent run records as its command
+    return args
 
 
 def _signal_handlers(saved: dict | None = None) -> dict:

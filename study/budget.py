@@ -142,11 +142,28 @@ def start(
     spent_before: float = 0.0,
     grace: int = 1,
     confirm_epochs: float = 0.0,
+    search_ended: bool = False,
 ) -> None:
-    """Run this invocation under a budget of `total` seconds (None: no budget)."""
+    """Run this invocation under a budget of `total` seconds (None: no budget);
+    `search_ended`: an earlier driver of it saw the budget end its search."""
     _CLOCK.clear()
     if total:
         _CLOCK.append(Clock(total, _STARTED, spent_before, grace, confirm_epochs))
+        _CLOCK[0].no_more = search_ended
+
+
+def search_ended() -> bool:
+    """Whether the budget ended the search (stopped proposing, or cut its trials)."""
+    c = clock()
+    return c is not None and (c.no_more or "search" in c.ended)
+
+
+def paused() -> dict[str, Any]:
+    """What an interrupted driver keeps of the budget in the invocation's record."""
+    c = clock()
+    if c is None:
+        return {}
+    return {"budget_spent_s": c.spent(), "budget_ended_search": search_ended()}
 
 
 def clock() -> Clock | None:
@@ -205,8 +222,9 @@ def confirming() -> None:
         _CLOCK[0].phase = "confirm"
 
 
-def record(planned: int, ran: int) -> dict[str, Any] | None:
-    """The budget's part of the summary (None without one)."""
+def record(planned: int, ran: int, cut: int = 0) -> dict[str, Any] | None:
+    """The budget's part of the summary (None without one); `cut`: the trials recorded
+    stopped by it (the clock may end a phase in the step its last trial ended)."""
     c = clock()
     if c is None:
         return None
@@ -214,8 +232,8 @@ def record(planned: int, ran: int) -> dict[str, Any] | None:
         "time_budget_s": c.total,
         "reserve_s": reserve(c.total),
         "spent_s": round(c.spent(), 1),
-        "ended_search": "search" in c.ended or c.no_more,
-        "cut_running_trials": "search" in c.ended,
+        "ended_search": c.no_more or cut > 0 or ran < planned,
+        "cut_running_trials": cut > 0,
         "cut_confirmation": "confirm" in c.ended,
         "planned_trials": planned,
         "trials": ran,

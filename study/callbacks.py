@@ -131,6 +131,7 @@ class StudyCallback(Callback):
             self._last_step[run.info.run_id] = int(epochs) if epochs else 0
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self.__dict__.setdefault("_live", set()).add(trial.trial_id)  # ran in this driver
         key = self.key_of(trial)
         config = TrainConfig.from_dict(self.config_of(trial)["flairseg"])
         run_id = self._runs.get(key)
@@ -206,8 +207,8 @@ class StudyCallback(Callback):
         planned = int(result.get("planned_epochs") or self.config_of(trial)["flairseg"]["epochs"])
         if epoch >= planned:
             status, text = Status.COMPLETED, f"completed {epoch} epochs"
-        elif budget.cut():
-            status = schema.budget_status(epoch)
+        elif budget.cut():  # one cut before its first epoch is recorded as never started
+            status = schema.budget_status(epoch) if epoch else Status.NOT_STARTED
             text = f"stopped by the time budget at epoch {epoch}/{planned}"
         else:
             status, text = (
@@ -226,8 +227,9 @@ class StudyCallback(Callback):
         `stop_all`): each is recorded here, stopped by the budget at its last epoch."""
         if not budget.cut():
             return
+        live = self.__dict__.get("_live", set())  # not the trials an earlier driver ended
         for trial in trials:
-            seen = self.key_of(trial) in self._done
+            seen = self.key_of(trial) in self._done or trial.trial_id not in live
             if trial.status == "TERMINATED" and not seen and self._run_of(trial) is not None:
                 self.on_trial_complete(0, trials, trial)
 

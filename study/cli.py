@@ -30,6 +30,7 @@ MLflow) -> tuner (Ray Tune) -> results (counts, test scores, report) -> console.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -199,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     paused it, 75 when a disk filled: study.diskfull); a bad input raises ConfigError,
     which `run_cli` turns into exit 2."""
     args = build_parser().parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # what the parent records
     if args.list:
         quiet()
         list_searches()
@@ -225,14 +227,16 @@ def execute(args: argparse.Namespace) -> tuple[int, Plan | None]:
                 headline(plan)  # the first line: before the synthetic set is made, Ray starts
                 plan = with_data(plan)
                 storage = ledger.open_storage(plan.optuna_url)
-                return run_study(open_tracking(plan), storage), plan
+                ran: list[Plan] = []  # the plan it ran (a --resume's: as its record says)
+                status = run_study(open_tracking(plan), storage, ran)
+                return status, (ran[-1] if ran else plan)
             finally:
                 lock.release()
         except FlairsegError as err:  # a line that quotes a URL shows no password taken from it
             raise type(err)(secrets.scrub(str(err))) from None
 
 
-def run_study(plan: Plan, storage: Any) -> int:
+def run_study(plan: Plan, storage: Any, ran: list[Plan] | None = None) -> int:
     """Open the invocation, run its trials, then summarise, score and report (the caller
     holds the study's lock). Once the parent run exists an error or Ctrl+C ends it (and
     the record) before it goes on up: nothing is left RUNNING."""
@@ -246,6 +250,8 @@ def run_study(plan: Plan, storage: Any) -> int:
     if opened is None:  # nothing to run: nothing to set aside room for
         diskfull.release()
         return 0
+    if ran is not None:
+        ran.append(opened.plan)
     # --notify: its end is posted, however it ends (study.notify)
     return notify.around(opened, lambda: run_opened(plan, opened, storage))
 
@@ -350,11 +356,13 @@ def start_budget(opened: invocation.Opened) -> None:
     search = opened.plan.search
     asha = search.asha
     replicas = 1 if search.folds else search.confirm_seeds
+    waves = math.ceil(search.confirm * replicas / search.concurrency)  # trials side by side
     budget.start(
         search.time_budget,
         spent_before=opened.record.budget_spent_s,
         grace=asha.grace_period if asha.enabled else asha.max_epochs,
-        confirm_epochs=search.confirm * replicas * asha.max_epochs / search.concurrency,
+        confirm_epochs=waves * asha.max_epochs,
+        search_ended=opened.record.budget_ended_search,
     )
 
 
@@ -365,7 +373,7 @@ def mlflow_caught_up(opened: invocation.Opened) -> bool:
     plan = opened.plan
     done, where = outbox.caught_up(plan.mlflow_uri, opened.record.path)
     if not done:
-        ledger.mark(opened.study, opened.record.number, "interrupted")
+        ledger.mark(opened.study, opened.record.number, "interrupted", **budget.paused())
         print(
             f"error: MLflow at {plan.mlflow_uri} does not answer: the trials ended, {where}; "
             f"when it answers, write them with: {plan.resume_command}",

@@ -10,6 +10,7 @@ with the winner's confirmed objective as `confirmed_<objective>` and the tag `an
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -97,13 +98,14 @@ def run(opened: Any, gpus: float) -> dict[str, Any] | None | str:
     tuner = _tuner(opened, cases, callback, gpus)
     started = time.monotonic()
     _, stopped = fit(tuner)
-    if budget.ended_phase("confirm") and not stopped:
-        say("the time budget ended the confirmation: the answer is the search's, unconfirmed")
-        c.set_tag(opened.parent_id, Tag.CONFIRMED, "false")
-        return None
     if stopped:
         return "interrupted"
     results = _results(tuner, cases)
+    whole = len(results) == len(cases) and all(_whole(r, cases) for r in results)
+    if budget.ended_phase("confirm") and not whole:
+        say("the time budget ended the confirmation: the answer is the search's, unconfirmed")
+        c.set_tag(opened.parent_id, Tag.CONFIRMED, "false")
+        return None
     if len(results) < len(cases):
         return "interrupted"
     made = confirm.record(finalists, results, search)
@@ -122,7 +124,7 @@ def fits_the_budget(opened: Any, to_train: int) -> bool:
     epoch = clock.epoch() if clock else None
     if clock is None or epoch is None or to_train == 0:
         return True
-    need = to_train * search.asha.max_epochs * epoch / search.concurrency
+    need = math.ceil(to_train / search.concurrency) * search.asha.max_epochs * epoch
     if need <= clock.left():
         return True
     say(
@@ -174,6 +176,14 @@ def _tuner(opened: Any, cases: list[dict[str, Any]], callback: Any, gpus: float)
             stop=BudgetStopper(),  # the confirmation's share of a time budget
         ),
     )
+
+
+def _whole(result: dict[str, Any], cases: list[dict[str, Any]]) -> bool:
+    """Whether a confirmation trial trained its full budget (a time budget may cut one)."""
+    case = next(c for c in cases if (c["optuna_trial"], c["replica"]) == (
+        result["optuna_trial"], result["replica"]))  # fmt: skip
+    epochs = int(case["flairseg"]["epochs"])
+    return result["checkpoint"] is not None and result["metrics"].get("epoch", 0) >= epochs
 
 
 def _results(tuner: Any, cases: list[dict[str, Any]]) -> list[dict[str, Any]]:

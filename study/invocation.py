@@ -258,7 +258,7 @@ def _parent_tags(
 ) -> dict[str, str]:
     """The parent run's tags: what ran, on which data, where its results and ledger live,
     and on what code and machine (study.environment)."""
-    command = secrets.command_line(sys.argv[1:])  # a password never: the variable it comes from
+    command = secrets.command_line(list(plan.argv))  # a password never: its variable instead
     return (
         {
             Tag.STUDY: plan.study_name,
@@ -332,8 +332,7 @@ def mark_interrupted(opened: Opened) -> None:
         plan.mlflow_uri, plan.experiment_id, plan.study_name, reason=Status.INTERRUPTED
     )
     # a time budget goes on, on --resume, with what is left of it
-    spent = budget.spent() if budget.clock() else opened.record.budget_spent_s
-    ledger.mark(opened.study, opened.record.number, "interrupted", budget_spent_s=spent)
+    ledger.mark(opened.study, opened.record.number, "interrupted", **budget.paused())
     by = f" {stops.caught()}" if stops.caught() else ""
     print(
         f"interrupted{by}: {n} runs marked KILLED in MLflow; finish this invocation with\n"

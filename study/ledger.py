@@ -24,7 +24,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,8 @@ from flairseg.errors import ConfigError
 from study import adapters, schema, secrets
 
 LEDGER_KEY = "invocations"
+# fields added after the first records were written, and their defaults (see to_dict)
+NEWER_FIELDS = {"budget_spent_s": 0.0, "budget_ended_search": False}
 
 
 @dataclass
@@ -52,9 +54,15 @@ class Invocation:
     experiment: str = ""
     first_trial: int = 0  # its first Optuna trial number: the order decisions follow
     budget_spent_s: float = 0.0  # of a time budget, by its interrupted drivers (study.budget)
+    budget_ended_search: bool = False  # the budget ended its search: its trials are all run
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        # left out at their defaults: a driver of an older version reads this record too
+        for key, default in NEWER_FIELDS.items():
+            if out.get(key) == default:
+                out.pop(key)
+        return out
 
 
 def storage_url(url: str) -> str:
@@ -200,7 +208,13 @@ def load_study(storage, name: str, direction: str, search_name: str):
 
 
 def invocations(study) -> list[Invocation]:
-    return [Invocation(**i) for i in study.user_attrs.get(LEDGER_KEY, [])]
+    """The study's records (a field a newer version added and this one does not know is
+    ignored)."""
+    known = {f.name for f in fields(Invocation)}
+    return [
+        Invocation(**{k: v for k, v in i.items() if k in known})
+        for i in study.user_attrs.get(LEDGER_KEY, [])
+    ]
 
 
 def save(study, records: list[Invocation]) -> None:
@@ -275,8 +289,13 @@ def stop_for_budget(study) -> int:
     n = 0
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         trial = adapters.running_trial(study, t)
-        trial.set_user_attr("status", schema.budget_status(t.last_step or 0))
-        study.tell(t.number, state=optuna.trial.TrialState.PRUNED)
+        if t.last_step is None:  # cut before its first epoch: nothing to rank it by (TPE
+            # ignores a FAIL; a value-less PRUNED would count as the worst)
+            trial.set_user_attr("status", schema.Status.NOT_STARTED)
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        else:
+            trial.set_user_attr("status", schema.budget_status(t.last_step))
+            study.tell(t.number, state=optuna.trial.TrialState.PRUNED)
         n += 1
     return n
 

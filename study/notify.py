@@ -61,7 +61,6 @@ def from_args(args: argparse.Namespace) -> str | None:
     given = flag if flag is not None else os.environ.get(ENV)
     if not given:
         return None
-    secrets.take_whole(given)  # masked from now on, in any line that would quote it
     try:
         parts = urlsplit(given)
         ok = parts.scheme in ("http", "https") and bool(parts.hostname) and given.isprintable()
@@ -71,6 +70,7 @@ def from_args(args: argparse.Namespace) -> str | None:
     if not ok:
         where = "--notify" if flag is not None else f"${ENV}"
         raise ConfigError(f"{where} {shown(given)}: give an http(s):// URL with a host, no spaces")
+    secrets.take_whole(given)  # masked from now on, in any line that would quote it
     timeout()
     return given
 

@@ -86,6 +86,9 @@ class OrderedSampler(BaseSampler):
     (minimised), and the sampler proposes for both (Optuna's multi-objective TPE). `waits`
     False: every trial sees all that ended before it (decisions as results arrive)."""
 
+    cost: str | None = None  # defaults for a sampler pickled before these existed
+    waits: bool = True
+
     def __init__(
         self,
         make: Callable[[int], BaseSampler],

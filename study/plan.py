@@ -15,6 +15,7 @@ import dataclasses
 import os
 import re
 import socket
+import sys
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,7 @@ class Plan:
     # --notify or $FLAIRSEG_NOTIFY_URL (study.notify): a secret, kept out of any repr
     notify: str | None = dataclasses.field(default=None, repr=False)
     notify_format: str = "json"  # --notify-format: json or slack
+    argv: tuple[str, ...] = ()  # the flags as given (study.api's, or the command line's)
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -137,6 +139,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         register=registered_name(args, study_name),
         notify=notify_url,
         notify_format=getattr(args, "notify_format", None) or "json",
+        argv=tuple(getattr(args, "argv", None) or sys.argv[1:]),
     )
 
 

@@ -65,7 +65,8 @@ def summarise(
     answer = made["answer"] if made else None
     summary.update(score_best(opened, trial_runs, device, confirmed, answer))
     summary["confirmation"] = confirmed  # None: the study's answer is unconfirmed
-    made = budget.record(opened.record.trials, sum(summary["trials"].values()))
+    counts = summary["trials"]
+    made = budget.record(opened.record.trials, sum(counts.values()), counts.get("budget", 0))
     if made is not None:
         summary["time_budget"] = made
     summary["seconds"] = round(seconds, 1)

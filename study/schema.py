@@ -99,6 +99,7 @@ class Status:
     INTERRUPTED = "interrupted"  # its invocation was interrupted and can be resumed
     STOPPED_PREFIX = "stopped"
     BUDGET_PREFIX = "stopped by the time budget"
+    NOT_STARTED = "not started: the time budget ended first"  # Optuna only (FAIL)
 
 
 class Param:

@@ -40,6 +40,8 @@ class StudySearch(OptunaSearch):
     follow the trials' order; the sampler is then an `ordered.OrderedSampler`, and a
     proposal waits (None: Tune asks again) until the trials it may see have ended."""
 
+    _cost: str | None = None  # the default of a searcher pickled before costs existed
+
     def __init__(
         self,
         *args: Any,

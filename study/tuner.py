@@ -307,6 +307,14 @@ def _trainable(job: TuneJob, gpus: float) -> Any:
     )
 
 
+def _tpe(*args: Any, **kwargs: Any) -> Any:
+    """study.searcher.tpe under the name that invocations started before it moved pickled
+    (their Tune state holds `partial(study.tuner._tpe, ...)`): their --resume still loads."""
+    from study.searcher import tpe
+
+    return tpe(*args, **kwargs)
+
+
 def _scheduler(search: searches.Search) -> Any:
     """ASHA on the epoch counter, or first-in-first-out when the search turns it off or the
     referee takes ASHA's decisions in the trials' order (study.referee)."""

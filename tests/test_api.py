@@ -134,3 +134,10 @@ def _quietly(target):
                 time.sleep(0.5)
 
     return run
+
+
+def test_a_bad_value_is_the_line_argparse_prints_as_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"--trials: invalid int value: 'x'"):
+        api.parsed(__import__("study.cli").cli.build_parser(), api.argv_of("s", {"trials": "x"}))
+    with pytest.raises(ConfigError, match=r"--confirm: expected one argument"):
+        api.parsed(__import__("study.cli").cli.build_parser(), api.argv_of("s", {"confirm": True}))

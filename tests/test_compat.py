@@ -1,0 +1,56 @@
+"""What an invocation started by the previous version left behind still resumes: Tune's
+pickled sampler (its TPE factory under its old name, no cost or waits), and ledger records
+a version without the budget's fields reads (and records with fields it does not know)."""
+
+from __future__ import annotations
+
+import functools
+import pickle
+
+from study import budget, ledger
+from study.ordered import OrderedSampler
+from study.searcher import StudySearch
+
+
+def test_a_sampler_pickled_before_costs_resumes_with_the_defaults() -> None:
+    from study import tuner
+
+    make = functools.partial(tuner._tpe, startup=1, conditional=False, liar=False)
+    sampler = OrderedSampler(make, seed=0, first=0, lag=2)
+    for name in ("cost", "waits"):  # as the previous version pickled it: no such attributes
+        del sampler.__dict__[name]
+    again = pickle.loads(pickle.dumps(sampler))
+    assert again.cost is None and again.waits is True
+    assert type(again._make(3)).__name__ == "TPESampler"
+    assert StudySearch._cost is None  # a searcher pickled before costs reads no cost
+
+
+def record(**extra: object) -> dict:
+    base = ledger.Invocation(
+        number=1, path="p", parent_run="r", trials=3, state="running", started=0.0,
+        host="h", pid=1, search={}, data="", profile="laptop", seed=0,
+    )  # fmt: skip
+    return {**base.to_dict(), **extra}
+
+
+def test_records_leave_the_budgets_fields_out_at_their_defaults() -> None:
+    plain = record()
+    assert "budget_spent_s" not in plain and "budget_ended_search" not in plain
+    spent = ledger.Invocation(**{**plain, "budget_spent_s": 12.5}).to_dict()
+    assert spent["budget_spent_s"] == 12.5
+
+
+def test_a_record_with_a_field_this_version_does_not_know_is_read() -> None:
+    class Study:
+        user_attrs = {ledger.LEDGER_KEY: [record(some_later_field=1)]}
+
+    (read,) = ledger.invocations(Study())
+    assert read.number == 1 and read.budget_spent_s == 0.0
+
+
+def test_a_resumed_invocation_whose_budget_ended_its_search_proposes_nothing() -> None:
+    budget.driver_started()
+    budget.start(3600, spent_before=100, search_ended=True)
+    assert budget.ended() and not budget.may_start() and not budget.cut()
+    assert budget.paused()["budget_ended_search"] is True
+    budget.start(None)
