@@ -89,8 +89,9 @@ def argv_of(search: str, settings: dict[str, Any]) -> list[str]:
 
 
 def run(search: str, **settings: Any) -> StudyResult:
-    """Run (or, with resume=True, finish) a study as `python -m study.run` would, and
-    return its invocation's result."""
+    """Run a study (resume=True: finish one) as `python -m study.run` would.
+
+    Returns its invocation's result; a keyword is the flag of the same name."""
     from study.cli import build_parser, execute
 
     with tempfile.TemporaryDirectory(prefix="flairseg-api-") as folder:
