@@ -73,6 +73,11 @@ def run_trial(
     if ended and number in ended:
         epochs = int(config["flairseg"]["epochs"])
         return settled.replay(number, ended[number], experiment_path, epochs)
+    if experiment_path and tune.get_checkpoint() is None and "resume_from" not in config:
+        # restored by Tune without the checkpoint it wrote last (Tune saves its state every
+        # few seconds; a pause can come in between): the newest whole one on disk
+        found = settled.latest_checkpoint(experiment_path, number)
+        config = {**config, "resume_from": found} if found else config
     return train_trial(config, data, **options)
 
 
