@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from study_helpers import StudyEnv, wait_for, write_search
+from test_study_faults import stop
 
 from flairseg.errors import ConfigError
 from study import notify, secrets, webhook
@@ -270,8 +271,7 @@ def test_interrupted_then_resumed_each_posts_its_end(
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=600)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        stop(proc)
     out = log.read_text()
     assert proc.returncode == 130, out
     assert f"notify: {hook.shown()} when it ends" in out
@@ -338,8 +338,7 @@ def test_a_failed_invocation_posts_its_end(tmp_path: Path, phantom_dir: Path, ho
         (tmp_path / "out").write_text("a file where the summary's folder would go")
         proc.wait(timeout=900)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        stop(proc)
     out = log.read_text()
     assert proc.returncode == 2, out
     assert out.strip().splitlines()[-1].startswith(f"error: --json {target}: cannot write it")
