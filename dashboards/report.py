@@ -49,9 +49,8 @@ from flairseg.errors import ArgumentParser, ConfigError, run_cli
 from study.schema import Artifact, client, default_uri
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m dashboards.report`: write the report; bad input exits 2 in one line."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+def build_parser() -> ArgumentParser:
+    """The command line's flags (the documentation's CLI reference is made from it)."""
     parser = ArgumentParser(prog="python -m dashboards.report", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--experiment", required=True, help="the MLflow experiment (a search's name)"
@@ -64,6 +63,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--log-to-run", help="also log the report as an artifact of this MLflow run"
     )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m dashboards.report`: write the report; bad input exits 2 in one line."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    parser = build_parser()
     args = parser.parse_args(argv)
     if Path(args.out).is_dir():
         raise ConfigError(f"--out {args.out}: is a folder; give a file name")

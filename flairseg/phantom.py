@@ -221,13 +221,19 @@ def write_phantom(out: str | os.PathLike, spec: PhantomSpec = PhantomSpec()) -> 
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> ArgumentParser:
+    """The command line's flags (the documentation's CLI reference is made from it)."""
     parser = ArgumentParser(prog="python -m flairseg.phantom", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder to create (kaggle_3m layout)")
     parser.add_argument("--patients", type=int, default=PhantomSpec.patients)
     parser.add_argument("--slices", type=int, default=PhantomSpec.slices, help="slices per patient")
     parser.add_argument("--size", type=int, default=PhantomSpec.size, help="pixels per side")
     parser.add_argument("--seed", type=int, default=PhantomSpec.seed)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     spec = PhantomSpec(args.patients, args.slices, args.size, args.seed)
     out = write_phantom(args.out, spec)

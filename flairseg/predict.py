@@ -118,7 +118,8 @@ def input_slices(path: Path) -> list[SlicePair]:
     return [SlicePair(path.parent.name, 0, path, mask if mask.exists() else None)]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> ArgumentParser:
+    """The command line's flags (the documentation's CLI reference is made from it)."""
     parser = ArgumentParser(prog="python -m flairseg.predict", description=__doc__.splitlines()[0])
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--checkpoint", help="a checkpoint written by flairseg.train --checkpoint")
@@ -131,6 +132,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--input", required=True, help="a patient folder or one slice .tif")
     parser.add_argument("--out", required=True, help="folder for the masks and overlays")
     parser.add_argument("--device", help="cpu, cuda ... (default: cuda when present)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     out = Path(args.out)

@@ -109,8 +109,8 @@ def write(frame: Any, fmt: str, out: str | None) -> None:
         Path(out).write_text(text)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m study.export`: bad input exits 2 in one line and writes nothing."""
+def build_parser() -> ArgumentParser:
+    """The command line's flags (the documentation's CLI reference is made from it)."""
     parser = ArgumentParser(prog="python -m study.export", description=__doc__.splitlines()[0])
     parser.add_argument("--study", required=True, help="the study (study.run's --study)")
     parser.add_argument("--experiment", help="the MLflow experiment (default: the study's name)")
@@ -119,6 +119,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--format", choices=FORMATS, default="csv", help="default csv")
     parser.add_argument("--out", help="the file (default: standard output)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m study.export`: bad input exits 2 in one line and writes nothing."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.out and Path(args.out).is_dir():
         raise ConfigError(f"--out {args.out}: is a folder; give a file name")

@@ -342,9 +342,8 @@ def parent_runs(c: Any, study: str, experiment: str | None) -> list:
     return sorted(runs, key=lambda r: int(r.data.tags.get(Tag.INVOCATION, "0") or 0), reverse=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m study.register --study NAME`: register the best model of the study's last
-    invocation (or `--invocation N`), as the end of `study.run` does."""
+def build_parser() -> ArgumentParser:
+    """The command line's flags (the documentation's CLI reference is made from it)."""
     p = ArgumentParser(prog="python -m study.register", description=main.__doc__.splitlines()[0])
     p.add_argument("--study", required=True, help="the study whose best model to register")
     p.add_argument("--experiment", help="its MLflow experiment (default: search them all)")
@@ -356,6 +355,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--register", metavar="NAME", help="registered model (default: the study's name)"
     )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m study.register --study NAME`: register the best model of the study's last
+    invocation (or `--invocation N`), as the end of `study.run` does."""
+    p = build_parser()
     args = p.parse_args(argv)
     name = check_name(args.register or args.study, "--register" if args.register else "--study")
     uri = secrets.take(args.mlflow_uri or tracking.default_uri(), "--mlflow-uri")

@@ -1,4 +1,4 @@
-"""Every shell command in the README runs as written after `./scripts/setup.sh`: nothing
+"""Every shell command in the README and in docs/ runs as written after `./scripts/setup.sh`: nothing
 relies on an activated environment (`python`, `pytest`, `mlflow` alone are not on a fresh
 machine's PATH), every module it runs exists, and every flag it gives is one that module
 takes. Docker, kubectl and ssh lines (the cluster section) are checked for their form only.
@@ -12,6 +12,7 @@ import re
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -20,16 +21,20 @@ from tests.study_helpers import REPO
 FENCE = re.compile(r"^```(\S*)\s*$")
 SHELL = {"bash", "sh", "shell", "console", ""}
 # what a line may start with: the project's environment, its scripts, and the shell's own
-VENV_TOOLS = {"python", "pytest", "ruff", "mlflow", "optuna-dashboard", "pip"}
+VENV_TOOLS = {"python", "pytest", "ruff", "mlflow", "optuna-dashboard", "pip", "mkdocs"}
 ELSEWHERE = {"docker", "kubectl", "ssh"}  # the cluster section: run where those are
 PLAIN = {"export", "cd", "cp", "bash", "chmod", "mkdir", "du", "ls", "cat"}
 
 
-def readme_commands() -> list[tuple[int, str]]:
-    """(line number, command) of every command in the README's shell code blocks, with
+# the pages whose commands a reader copies: the README and every page of the documentation
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+
+
+def readme_commands(page: Path = REPO / "README.md") -> list[tuple[int, str]]:
+    """(line number, command) of every command in a page's shell code blocks, with
     backslash continuations joined and comments dropped."""
     found, block, pending = [], None, ""
-    for n, raw in enumerate((REPO / "README.md").read_text().splitlines(), start=1):
+    for n, raw in enumerate(page.read_text().splitlines(), start=1):
         fence = FENCE.match(raw)
         if fence:
             block = None if block is not None else fence.group(1)
@@ -72,6 +77,11 @@ def module_help(module: str) -> str:
 
 
 COMMANDS = readme_commands()
+EVERY = [
+    (f"{page.relative_to(REPO)}:{n}", command)
+    for page in PAGES
+    for n, command in readme_commands(page)
+]
 
 
 def test_the_readme_has_its_commands() -> None:
@@ -83,8 +93,8 @@ def test_the_readme_has_its_commands() -> None:
     assert first[1].startswith("./scripts/setup.sh --tests && .venv/bin/python -m pytest")
 
 
-@pytest.mark.parametrize(("line", "command"), COMMANDS, ids=[f"line{n}" for n, _ in COMMANDS])
-def test_each_command_runs_as_written(line: int, command: str) -> None:
+@pytest.mark.parametrize(("line", "command"), EVERY, ids=[where for where, _ in EVERY])
+def test_each_command_runs_as_written(line: str, command: str) -> None:
     for words in steps(command):
         head = words[0]
         if head.startswith("["):  # a synopsis line's optional flags: checked with their command
@@ -92,10 +102,10 @@ def test_each_command_runs_as_written(line: int, command: str) -> None:
         if head in ELSEWHERE or head in PLAIN or head == "./scripts/setup.sh":
             continue
         assert head.startswith(".venv/bin/"), (
-            f"README line {line}: `{head}` is not on a fresh machine's PATH; write .venv/bin/{head}"
+            f"{line}: `{head}` is not on a fresh machine's PATH; write .venv/bin/{head}"
         )
         tool = head.removeprefix(".venv/bin/")
-        assert tool in VENV_TOOLS, f"README line {line}: {head} is not something setup installs"
+        assert tool in VENV_TOOLS, f"{line}: {head} is not something setup installs"
         if tool == "python" and words[1:2] == ["-m"]:
             module = words[2]
             assert importlib.util.find_spec(module) is not None, f"line {line}: no module {module}"
@@ -106,4 +116,4 @@ def test_each_command_runs_as_written(line: int, command: str) -> None:
             }
             helped = module_help(module)
             missing = sorted(f for f in flags if f not in helped)
-            assert not missing, f"README line {line}: python -m {module} takes no {missing}"
+            assert not missing, f"{line}: python -m {module} takes no {missing}"
