@@ -85,7 +85,7 @@ EVERY = [
 
 
 def test_the_readme_has_its_commands() -> None:
-    assert len(COMMANDS) > 20
+    assert len(COMMANDS) >= 10 and len(EVERY) > 50
     first = [c for _, c in COMMANDS[:2]]
     assert first[0].startswith(
         "./scripts/setup.sh && .venv/bin/python -m study.run --search combo_alpha"
