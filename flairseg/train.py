@@ -10,8 +10,6 @@ those scores with the DESIGN.md keys and the patient split.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -23,11 +21,14 @@ import torch
 from flairseg.config import TrainConfig, field_types, knob_help
 from flairseg.data import cache_dir
 from flairseg.dataset import Dataset, load_dataset
-from flairseg.engine import DivergedError, EpochReport, Speed, evaluate, pick_device, train
+from flairseg.engine import DivergedError, EpochReport, evaluate, pick_device, train
 from flairseg.errors import ArgumentParser, ConfigError, DataError, run_cli
-from flairseg.files import atomic_write
 from flairseg.phantom import PhantomSpec, write_phantom
-from flairseg.speed import FUSE_HELP, fuse_mode
+from flairseg.speed import FUSE_HELP
+
+# also imported from here by study/ and benchmarks/ (write_json); train_cv takes them from
+# flairseg.train_common, so the import runs one way: train -> train_cv, never back
+from flairseg.train_common import describe, speed_from_args, write_json
 
 
 def default_data(spec: PhantomSpec = PhantomSpec()) -> Path:
@@ -75,31 +76,9 @@ def add_speed_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fuse", action=argparse.BooleanOptionalAction, help=FUSE_HELP)
 
 
-def speed_from_args(args: argparse.Namespace) -> Speed:
-    return Speed(fast=not args.no_fast_path, compile=args.compile, fuse=fuse_mode(args.fuse))
-
-
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     given = {name: getattr(args, name) for name in field_types() if getattr(args, name) is not None}
     return TrainConfig.from_dict(given)
-
-
-def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    """Write JSON atomically: the file is either absent or complete."""
-    with atomic_write(path, "w") as f:
-        json.dump(payload, f, indent=2)
-        f.write("\n")
-
-
-def _short(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def describe(config: TrainConfig) -> str:
-    loss_knobs = ", ".join(f"{k}={_short(v)}" for k, v in config.loss_kwargs().items())
-    loss = f"{config.loss}({loss_knobs})" if loss_knobs else config.loss
-    knobs = " ".join(f"{k}={v}" for k, v in config.model_kwargs().items())
-    return f"{config.model}{' ' + knobs if knobs else ''} / {loss}, {config.image_size} px"
 
 
 def print_epoch(report: EpochReport, total: int, started: float) -> None:

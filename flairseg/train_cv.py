@@ -23,6 +23,7 @@ from flairseg.cvkeys import fold_key, single_key, std_key
 from flairseg.dataset import Dataset
 from flairseg.engine import DivergedError
 from flairseg.folds import check_folds, make_folds
+from flairseg.train_common import describe, speed_from_args, write_json
 
 
 def check_flag(folds: int) -> None:
@@ -85,8 +86,6 @@ def run_folds(
     device: torch.device,
 ) -> int:
     """Train, score and save the K fold models; the exit status (1 when one diverged)."""
-    from flairseg.train import describe, speed_from_args, write_json
-
     plan, folds = make_folds(data, args.folds, config.split_seed)
     sizes = sorted({len(v) for v in plan.val})
     print(

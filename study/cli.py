@@ -305,7 +305,7 @@ def run_trials(opened: invocation.Opened, storage: Any) -> tuple[str, bool] | in
         study_name=plan.study_name,
         storage=storage,
         path=opened.record.path,
-        callback=for_invocation(opened),
+        callbacks=for_invocation(opened),
         trials=opened.record.trials,
         # the sampler's seed moves with the study's history, so an extension does not replay
         seed=plan.seed + len(opened.study.trials),

@@ -15,20 +15,23 @@ import time
 from typing import Any
 
 from study import budget, confirm, tracking
-from study.callbacks import StudyCallback, for_invocation, say
+from study.callbacks import StudyCallback, for_invocation
 from study.schema import Artifact, Role, Tag
 from study.trainable import KEPT_FROM
+from study.trial_names import SearchTrials, say
 from study.tuner import fit
 
 
-class ConfirmCallback(StudyCallback):
-    """The search's callback for confirmation trials: runs keyed by (trial, replica)."""
+class ConfirmTrials(SearchTrials):
+    """The confirmation's trials: each a case (a finalist and its replica), its MLflow run
+    found by (trial, replica) among the invocation's own."""
 
     role = Role.CONFIRMATION
 
-    def __init__(self, *args: Any, cases: list[dict[str, Any]], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, cases: list[dict[str, Any]], parent_id: str, folds: int | None) -> None:
         self.cases = cases
+        self.parent_id = parent_id
+        self.folds = folds
 
     def config_of(self, trial) -> dict[str, Any]:
         return self.cases[int(trial.config["case"])]
@@ -47,18 +50,23 @@ class ConfirmCallback(StudyCallback):
         case = self.config_of(trial)
         return {Tag.CONFIRMS: str(case["optuna_trial"]), Tag.REPLICA: str(case["replica"])}
 
-    def on_trial_result(
-        self, iteration: int, trials: list, trial, result: dict, **info: Any
-    ) -> None:
-        super().on_trial_result(iteration, trials, trial, result, **info)
-        run_id = self._run_of(trial)
-        if result.get(KEPT_FROM) and run_id is not None:  # trained nothing (study.confirm)
-            self.writes.set_tag(run_id, Tag.KEPT, result[KEPT_FROM])
+    def result_tags(self, result: dict) -> dict[str, str]:
+        if result.get(KEPT_FROM):  # trained nothing (study.confirm)
+            return {Tag.KEPT: result[KEPT_FROM]}
+        return {}
 
-    def _label(self, trial) -> str:
+    def label(self, trial) -> str:
         case = self.config_of(trial)
         how = f"{self.folds} folds" if self.folds else f"seed {case['flairseg']['seed']}"
         return f"confirm #{case['optuna_trial']} ({how})"
+
+
+class ConfirmCallback(StudyCallback):
+    """The confirmation's callback before the split (study.callbacks.StudyCallback): kept
+    only so that the Tune state of a confirmation started before it still loads."""
+
+    def names(self) -> SearchTrials:
+        return ConfirmTrials(self.cases, self.parent_id, getattr(self, "folds", None))
 
 
 def path_of(search_path: str) -> str:
@@ -94,8 +102,9 @@ def run(opened: Any, gpus: float) -> dict[str, Any] | None | str:
             f"  {f.label}: {plan.search.metric} {f.value:.4f} at epoch {f.rung} of "
             f"{f.config['epochs']} (standing {f.standing:.2f} among the trials there){done}"
         )
-    callback = for_invocation(opened, ConfirmCallback, total=len(cases), cases=cases)
-    tuner = _tuner(opened, cases, callback, gpus)
+    names = ConfirmTrials(cases, opened.parent_id, search.folds)
+    callbacks = for_invocation(opened, names, total=len(cases))
+    tuner = _tuner(opened, cases, callbacks, gpus)
     started = time.monotonic()
     _, stopped = fit(tuner)
     if stopped:
@@ -136,7 +145,7 @@ def fits_the_budget(opened: Any, to_train: int) -> bool:
     return False
 
 
-def _tuner(opened: Any, cases: list[dict[str, Any]], callback: Any, gpus: float) -> Any:
+def _tuner(opened: Any, cases: list[dict[str, Any]], callbacks: list, gpus: float) -> Any:
     from ray import tune
 
     from study.searcher import BudgetStopper
@@ -169,7 +178,7 @@ def _tuner(opened: Any, cases: list[dict[str, Any]], callback: Any, gpus: float)
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage_path,
-            callbacks=[callback],
+            callbacks=callbacks,
             verbose=0,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=0),

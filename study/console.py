@@ -1,7 +1,7 @@
 """What a study prints: the searches (--list), the banner, the closing summary.
 
 Our own lines instead of Ray's boxes and tables and the INFO chatter of MLflow and
-Optuna (`quiet`); the per-trial lines come from `study.callbacks`.
+Optuna (`quiet`); the per-trial lines come from `study.progress`.
 """
 
 from __future__ import annotations

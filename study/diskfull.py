@@ -8,9 +8,10 @@ was written before stays, and `--resume` goes on from there once there is room.
   a checkpoint only once it is whole, and `study.settled` reads back only checkpoints that
   load), the trial tells the driver through a small named actor (`NoSpaceNotes`) and waits
   to be paused, so Tune and Optuna keep it as running, to be resumed, not as failed.
-- In the driver: the trial logger asks the actor at each step; a note pauses the study
-  (`stops.pause`: Tune stops every trial at its last checkpoint and saves its state). A
-  write of the driver's own that fails for space ends it the same way (`is_full`).
+- In the driver: a Tune callback (study.callbacks.FullDisk) asks the actor at each step;
+  a note pauses the study (`stops.pause`: Tune stops every trial at its last checkpoint and
+  saves its state). A write of the driver's own that fails for space ends it the same way
+  (`is_full`).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ A search file may name a cost beside its objective:
     cost: {metric: training_seconds, tolerance: 0.01}
 
 one of COSTS, each measured on every trial of every study (study.trainable, logged per
-epoch by study.callbacks): `model_epochs` (epochs times the models a trial trains: K when
+epoch by study.trial_runs): `model_epochs` (epochs times the models a trial trains: K when
 cross-validated), `training_seconds` (the trial's wall time in Tune: its epochs, their
 validation and checkpoints), `parameters` (one model's) and `inference_ms` (milliseconds
 per slice of one model's forward pass, timed on the trial's device at its first epoch).

@@ -3,8 +3,8 @@
 A study is extended one invocation at a time (the caller holds `ledger.StudyLock`).
 An invocation is new (the next number, a fresh MLflow parent run with the search's
 settings as params) or, with `--resume`, the interrupted one reopened. A new
-invocation that finds the last one interrupted closes it out first: its unfinished
-trials become failed (killed) in Optuna and KILLED in MLflow. When Tune returns, the
+invocation that finds the last one interrupted closes it out first (study.leftovers): its
+unfinished trials become failed (killed) in Optuna and KILLED in MLflow. When Tune returns, the
 invocation is marked interrupted (some planned trial never ended) or done; an error or
 Ctrl+C once its parent run exists ends it too (`end_early`): nothing stays RUNNING.
 
@@ -26,7 +26,7 @@ from typing import Any
 from flairseg.dataset import Dataset
 from flairseg.errors import ConfigError
 from flairseg.folds import split_of
-from study import budget, datasets, ledger, outbox, schema, secrets, stops, tracking
+from study import budget, datasets, ledger, leftovers, schema, secrets, stops, tracking
 from study import search as searches
 from study.environment import environment
 from study.ordered import next_number
@@ -53,32 +53,22 @@ class Opened:
 
 
 def open_invocation(plan: Plan, storage: Any) -> Opened | None:
-    """Open this invocation of the study: with --resume the interrupted one, else the next
-    (closing the interrupted one out first). None when there is nothing to run (said)."""
+    """Open this invocation of the study, in phases: find the study and its interrupted
+    invocation; prepare (the data claimed, Ray started); then, with --resume, take the
+    interrupted one up again (study.leftovers), else close it out and open the next.
+    None when there is nothing to run (said)."""
     study, pending = load(plan, storage)
     if plan.resume:
         if pending is None:
-            say_nothing_to_resume(study, plan.study_name)
+            leftovers.say_nothing_to_resume(study, plan.study_name)
             return None
         plan = resumed(plan, pending)
-    data_dir, data = plan.loaded or load_data(plan.data_flag, plan.search)
-    claim_data(study, data, plan.study_name, plan.search.folds)
-    client = tracking.client(plan.mlflow_uri)
-    # Ray starts before the parent run exists: packing fractional GPUs sets the
-    # concurrency that the run's params and the record hold
-    start_ray(plan.address)
-    if not plan.keep_concurrency:
-        plan = dataclasses.replace(plan, search=pack_gpus(plan.search))
+    plan, client, data_dir, data = prepare(study, plan)
     if plan.resume:
-        outbox.catch_up(plan.mlflow_uri, pending.path, f"invocation #{pending.number}")
-        reopen(study, client, pending, plan.study_name)
-        record = pending
+        record = leftovers.take_up(study, client, pending, plan)
     else:
-        if pending is not None:
-            uri = pending.mlflow_uri or plan.mlflow_uri
-            outbox.catch_up(uri, pending.path, f"invocation #{pending.number}")
-            close_out(study, pending, plan)
-        record = start(study, client, plan, data_dir, data)
+        leftovers.close_out(study, pending, plan)
+        record = open_new(study, client, plan, data_dir, data)
         if record is None:
             return None
     return Opened(plan, study, client, record, data_dir, data)
@@ -91,14 +81,6 @@ def load(plan: Plan, storage: Any) -> tuple[Any, ledger.Invocation | None]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = ledger.load_study(storage, plan.study_name, plan.search.mode, plan.search.name)
     return study, ledger.unfinished(study)
-
-
-def say_nothing_to_resume(study: Any, study_name: str) -> None:
-    """A --resume with no interrupted invocation is not an error: it says so."""
-    records = ledger.invocations(study)
-    ended = "failed" if records and records[-1].state == "failed" else "finished"
-    last = f"invocation #{records[-1].number} {ended}" if records else "it has no invocation yet"
-    print(f"study {study_name}: nothing to resume ({last})")
 
 
 def resumed(plan: Plan, pending: ledger.Invocation) -> Plan:
@@ -123,6 +105,19 @@ def resumed(plan: Plan, pending: ledger.Invocation) -> Plan:
     )
 
 
+def prepare(study: Any, plan: Plan) -> tuple[Plan, Any, Path, Dataset]:
+    """The plan as it runs, an MLflow client and the data, claimed for the study. Ray starts
+    here, before any parent run exists: packing fractional GPUs sets the concurrency that
+    the run's params and the record hold."""
+    data_dir, data = plan.loaded or load_data(plan.data_flag, plan.search)
+    claim_data(study, data, plan.study_name, plan.search.folds)
+    client = tracking.client(plan.mlflow_uri)
+    start_ray(plan.address)
+    if not plan.keep_concurrency:
+        plan = dataclasses.replace(plan, search=pack_gpus(plan.search))
+    return plan, client, data_dir, data
+
+
 def claim_data(study: Any, data: Dataset, study_name: str, folds: int | None = None) -> None:
     """A study's trials are comparable only on one data set, image size and split (and,
     cross-validated, one K): the first invocation records them, a later one on other
@@ -141,31 +136,7 @@ def claim_data(study: Any, data: Dataset, study_name: str, folds: int | None = N
         )
 
 
-def close_out(study: Any, pending: ledger.Invocation, plan: Plan) -> None:
-    """Record the interrupted invocation's unfinished trials as killed, and say so."""
-    killed_trials = ledger.close_out_trials(study)
-    killed_runs = tracking.close_out(plan.mlflow_uri, plan.experiment_id, plan.study_name)
-    ledger.mark(study, pending.number, "closed")
-    print(
-        f"closed out invocation #{pending.number} of study {plan.study_name}, which was interrupted: "
-        f"{killed_trials} unfinished trials recorded as failed (killed), {killed_runs} MLflow runs KILLED"
-    )
-
-
-def reopen(study: Any, client: Any, record: ledger.Invocation, study_name: str) -> None:
-    """Mark the interrupted invocation running again; it needs the Tune state it left."""
-    from ray import tune
-
-    if not tune.Tuner.can_restore(record.path):
-        raise ConfigError(
-            f"study {study_name}: invocation #{record.number} left no Tune state at {record.path} "
-            "to resume; run without --resume to close it out"
-        )
-    client.update_run(record.parent_run, status="RUNNING")
-    ledger.mark(study, record.number, "running")
-
-
-def start(
+def open_new(
     study: Any, client: Any, plan: Plan, data_dir: Path, data: Dataset
 ) -> ledger.Invocation | None:
     """Open the next invocation: its parent run in MLflow, its record in the ledger.

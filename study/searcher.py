@@ -183,7 +183,7 @@ class BudgetStopper(Stopper):
 
 def stopped_at(result: dict) -> int | None:
     """The epoch a trial ended at, when that is before its planned epochs (ASHA stopped it:
-    the rule study.callbacks tags its MLflow run `stopped at epoch N` by); else None."""
+    the rule study.trial_names.ending tags its MLflow run `stopped at epoch N` by); else None."""
     epoch = int(result.get("epoch", 0) or 0)
     planned = int(result.get("planned_epochs", 0) or 0)
     return epoch if epoch < planned else None

@@ -45,7 +45,7 @@ class TuneJob:
     study_name: str  # the Optuna study the searcher asks
     storage: Any  # its Optuna storage
     path: str  # the invocation's Tune folder or URI (STUDY/run-N)
-    callback: Any  # the driver's Tune callback (MLflow runs, progress lines)
+    callbacks: list  # the driver's Tune callbacks (study.callbacks: MLflow runs, progress lines)
     trials: int
     seed: int  # the sampler's seed
     resume: bool  # restore the Tune state at `path` instead of starting afresh
@@ -266,7 +266,7 @@ def make_tuner(job: TuneJob) -> tuple[Any, float]:
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage_path,
-            callbacks=[job.callback],
+            callbacks=job.callbacks,
             verbose=0,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=0),

@@ -94,3 +94,85 @@ def test_private_attributes_of_the_libraries_only_in_the_adapters() -> None:
         if private.search(line)
     ]
     assert not found
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_type_checking(node: ast.AST) -> bool:
+    test = node.test if isinstance(node, ast.If) else None
+    return isinstance(test, ast.Name | ast.Attribute) and ast.unparse(test).endswith(
+        "TYPE_CHECKING"
+    )
+
+
+def _executed_imports(tree: ast.AST):
+    """Every import statement that can run: the module's and its functions', not those under
+    `if TYPE_CHECKING:` (never run)."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            yield node
+        elif not _is_type_checking(node):
+            yield from _executed_imports(node)
+
+
+def own_imports(path: Path, modules: set[str]) -> set[str]:
+    """The project modules `path` imports: `from a import b` names a.b where b is a module,
+    else a; relative imports resolved; a name not a module of ours counts as its package."""
+    here = _module_name(path)
+    package = here if path.name == "__init__.py" else here.rpartition(".")[0]
+
+    def ours(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    found: set[str | None] = set()
+    for node in _executed_imports(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(ours(alias.name) for alias in node.names)
+            continue
+        base = node.module or ""
+        if node.level:
+            up = package.split(".")[: len(package.split(".")) - node.level + 1]
+            base = ".".join(up + ([node.module] if node.module else []))
+        found.update(ours(f"{base}.{alias.name}") for alias in node.names)
+    return {name for name in found if name and name != here}
+
+
+# A circle kept on purpose (each edge a function-level import, with a reason) goes here as
+# the sorted tuple of its modules: none today.
+DELIBERATE_CIRCLES: dict[tuple[str, ...], str] = {}
+
+
+def test_no_import_circle_among_our_modules() -> None:
+    """No module of flairseg/, study/ or dashboards/ takes part in an import circle among them.
+
+    Read statically (ast): module-level imports and function-level (lazy) ones alike, since a
+    lazy import still ties the two modules together; only imports under `if TYPE_CHECKING:`
+    are left out, as they never run. A circle found is named with its modules (strongly
+    connected components of the import graph); one kept on purpose is listed in
+    DELIBERATE_CIRCLES with its reason.
+    """
+    paths = {_module_name(p): p for p in python_files(*PACKAGES)}
+    graph = {name: own_imports(path, set(paths)) for name, path in paths.items()}
+    reach = {name: _reaches(graph, name) for name in graph}
+    circles = {
+        tuple(sorted(m for m in reach[name] if name in reach[m]))
+        for name in graph
+        if name in reach[name]
+    }
+    assert not circles - set(DELIBERATE_CIRCLES)
+
+
+def _reaches(graph: dict[str, set[str]], start: str) -> set[str]:
+    """The modules `start` imports, directly or through others (itself when in a circle)."""
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for nxt in graph[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
