@@ -54,3 +54,26 @@ def test_a_resumed_invocation_whose_budget_ended_its_search_proposes_nothing() -
     assert budget.ended() and not budget.may_start() and not budget.cut()
     assert budget.paused()["budget_ended_search"] is True
     budget.start(None)
+
+
+def test_a_study_callback_pickled_before_the_split_runs_as_the_three_callbacks() -> None:
+    """Tune's restore runs the callbacks pickled in `tuner.pkl`: one StudyCallback, as the
+    previous version wrote it (its attributes, no `_parts`), comes back as TrialRuns,
+    Progress and FullDisk with the settings it held."""
+    from study.callbacks import FullDisk, StudyCallback
+    from study.progress import Progress
+    from study.trial_runs import TrialRuns
+
+    old = object.__new__(StudyCallback)
+    old.__dict__.update(
+        uri="sqlite:///m.db", experiment_id="1", parent_id="p", study="s", search="combo_alpha",
+        fingerprint="f", metric="val_iou", mode="max", total=12, status_every=30.0, folds=None,
+        outbox_dir="o", datasets=[], study_best=None, _client=None, _started=0.0,
+        _last_status=0.0,
+    )  # fmt: skip
+    again = pickle.loads(pickle.dumps(old))
+    runs, progress, disk = again._parts
+    assert (type(runs), type(progress), type(disk)) == (TrialRuns, Progress, FullDisk)
+    assert (runs.uri, runs.parent_id, runs.outbox_dir) == ("sqlite:///m.db", "p", "o")
+    assert (progress.metric, progress.mode, progress.total) == ("val_iou", "max", 12)
+    assert again.__getstate__().keys() == old.__dict__.keys()  # what it pickles again
