@@ -176,3 +176,26 @@ def _reaches(graph: dict[str, set[str]], start: str) -> set[str]:
             seen.add(nxt)
             todo.append(nxt)
     return seen
+
+
+def test_the_parts_of_study_import_only_themselves_and_the_parts_before() -> None:
+    """study/'s four parts (study.PARTS: base, tracking, search, run, as study/__init__.py
+    says): every module is in exactly one, and none imports a module of a later part."""
+    import study
+
+    order = list(study.PARTS)
+    part = {m: name for name, modules in study.PARTS.items() for m in modules}
+    listed = [m for modules in study.PARTS.values() for m in modules]
+    assert len(listed) == len(set(listed)), "a module in two parts"
+    paths = {_module_name(p): p for p in python_files("study")}
+    modules = {name.removeprefix("study.") for name in paths} - {"study", "__init__"}
+    assert modules == set(part), f"not in a part: {sorted(modules - set(part))}"
+    backwards = [
+        f"{here} ({part[here]}) imports {there} ({part[there]})"
+        for name, path in paths.items()
+        if (here := name.removeprefix("study.")) in part
+        for imported in own_imports(path, set(paths))
+        if (there := imported.removeprefix("study.")) in part
+        and order.index(part[there]) > order.index(part[here])
+    ]
+    assert backwards == []
