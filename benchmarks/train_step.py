@@ -36,8 +36,8 @@ an 8192^3 matrix product measured on the device first.
 --sync-check (CUDA): one training epoch under torch.cuda.set_sync_debug_mode("error").
 --bound: what bounds the step (benchmarks/step_bound.py): batch 16, 32, 64; on CUDA the
 step replayed as one CUDA graph.
---fused: a cross-validated trial's epoch of K fold U-Nets (K = 2, 4; 8 on CUDA), one by one
-and fused (flairseg.fused), split into training, val passes and checkpoint.
+--fused: a cross-validated trial's epoch of K fold models of each of --models (K = 2, 4; 8 on
+CUDA), one by one and fused (flairseg.fused), split into training, val passes and checkpoint.
 --packing: 1, 2 and 4 trial processes side by side on one device (64 px seed U-Nets),
 each trial doing per epoch what a study's trial does (train, val, evolution, checkpoint),
 in trials/hour: what `study.run --gpus-per-trial 1 / 0.5 / 0.25` gives one GPU.
@@ -268,14 +268,29 @@ def sections(runner: Runner, args, device: torch.device) -> None:
         run_steps(runner, args, device, lambda m: ["compile"])
 
 
+def fused_configs(args) -> list[tuple[str, TrainConfig]]:
+    """The configs --fused measures, of each of --models: a small one at 64 px (a laptop
+    study's) and the seed's preset (SETR: num_cuts = size / 16, as the step rows)."""
+    size = args.image_size
+    configs = {
+        "unet": [
+            ("unet w16 64px", TrainConfig(image_size=64, width=16)),
+            (f"unet {size}px", TrainConfig(image_size=size)),
+        ],
+        "setr": [
+            ("setr d64 64px", TrainConfig(model="setr", image_size=64, num_cuts=4, dim=64,
+                                          depth=2, heads=4, mlp_dim=128)),
+            (f"setr {size}px", TrainConfig(model="setr", image_size=size, num_cuts=size // 16)),
+        ],
+    }  # fmt: skip
+    return [c for model in args.models for c in configs[model]]
+
+
 def run_fused(runner: Runner, args, device: torch.device) -> None:
-    """A cross-validated trial's epoch, its K U-Nets one by one and fused (flairseg.fused):
-    a width-16 U-Net at 64 px (a laptop study's) and the seed's preset."""
+    """A cross-validated trial's epoch, its K fold models one by one and fused
+    (flairseg.fused), for each config of `fused_configs`."""
     ks = (2, 4, 8) if device.type == "cuda" else (2, 4)
-    for label, config in (
-        ("unet w16 64px", TrainConfig(image_size=64, width=16)),
-        (f"unet {args.image_size}px", TrainConfig(image_size=args.image_size)),
-    ):
+    for label, config in fused_configs(args):
         for k in ks:
             for path in ("off", "on"):
                 spec = {"kind": "folds_epoch", "device": str(device), "k": k, "path": path,

@@ -1,15 +1,17 @@
 """K same-shaped U-Nets trained as one model: the fold models of a cross-validated run.
 
 Horizontal fusion, as HFTA does it (Wang et al., MLSys 2021): the K models' layers run as
-one layer K times wider (flairseg.models.unet_fused says how a U-Net's layers fuse).
+one layer K times wider (flairseg.models.unet_fused says how a U-Net's layers fuse,
+flairseg.models.setr_fused how a SETR's do).
 
 The K models stay ordinary modules: their parameters are the leaves (each layer's fused
 weight is their concatenation, made anew each step, so gradients land in each model's
 own parameters), each keeps its optimizer, its running statistics (written back after
 each step) and its generator (data order, augmentation). A fused step therefore gives
 each model the update a step of its own would, to float tolerance; checkpoints, resume
-and the ensemble do not know it ran. Only U-Nets fuse (`fusable`); a fused epoch needs
-each model's batch to be of one size, so the folds' uneven last batches run unfused.
+and the ensemble do not know it ran. U-Nets of one shape fuse, and SETRs of one shape
+(`fusable`; not a mix of the two); a fused epoch needs each model's batch to be of one
+size, so the folds' uneven last batches run unfused.
 """
 
 from __future__ import annotations
@@ -20,10 +22,38 @@ from collections.abc import Sequence
 
 import torch
 
-from flairseg.models.unet_fused import forward, fusable
+from flairseg.models import setr_fused, unet_fused
+from flairseg.models.setr import SETR
+from flairseg.models.unet import UNet
 from flairseg.speed import mixed_precision, true_fp32
 
 __all__ = ["chosen", "faster", "forward", "fusable", "step", "train_epoch"]
+
+FUSED = {UNet: unet_fused, SETR: setr_fused}  # a model's class: the module that fuses it
+
+
+def fusable(models: Sequence[torch.nn.Module]) -> bool:
+    """Whether `models` can run fused: two or more distinct models of one class that
+    fuses (U-Net, SETR) and of one shape. A model given twice does not fuse: one fused
+    step would move its running statistics once, where two steps move them twice."""
+    fuses = _fusing(models)
+    params = [p for m in models for p in m.parameters()]
+    distinct = len({id(p) for p in params}) == len(params)  # no model, no parameter twice
+    return fuses is not None and distinct and fuses.fusable(models)
+
+
+def forward(models: Sequence[torch.nn.Module], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Each model's logits on its own batch (all of one size), in one fused pass."""
+    fuses = _fusing(models)
+    if fuses is None:
+        raise TypeError(f"no fused forward for {sorted({type(m).__name__ for m in models})}")
+    return fuses.forward(models, xs)
+
+
+def _fusing(models: Sequence[torch.nn.Module]):
+    """The module that fuses `models` (flairseg.models.*_fused), None for a mix or another."""
+    classes = {type(m) for m in models}
+    return FUSED.get(classes.pop()) if len(classes) == 1 else None
 
 
 def step(trainers: Sequence, xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> list:
@@ -42,8 +72,8 @@ def step(trainers: Sequence, xs: Sequence[torch.Tensor], ys: Sequence[torch.Tens
 
 
 def chosen(trainers: Sequence, parts: Sequence) -> bool:
-    """Whether these fold models train fused: they can (U-Nets of one shape, no loss
-    scaling) and the speed says "on", or "auto" on a GPU where the probe (`faster`) finds
+    """Whether these fold models train fused: they can (U-Nets or SETRs of one shape, no
+    loss scaling) and the speed says "on", or "auto" on a GPU where the probe (`faster`) finds
     it faster. "auto" on the CPU is one by one, without a probe: grouped convolutions are
     slower there for every U-Net but the smallest (benchmarks.train_step --fused), and a
     choice made by timing would make a run's numbers depend on the machine's load (a

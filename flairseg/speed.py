@@ -26,7 +26,7 @@ class Speed:
     against (benchmarks.train_step).
     `compile` wraps the model in `torch.compile`; the first steps then pay the
     compile time. `fuse`: how the K fold models of a cross-validated run train where
-    they can fuse (U-Nets, flairseg.fused): "auto" (the default) in one fused step on a
+    they can fuse (U-Nets, SETRs: flairseg.fused): "auto" (the default) in one fused step on a
     GPU where a probe at the start finds it faster, one after another on the CPU; "on"
     fused, "off" one after another.
     """
@@ -38,7 +38,7 @@ class Speed:
 
 FAST = Speed()  # the default
 FUSE_HELP = (
-    "cross-validated runs: the fold models train in one fused step (U-Nets); --no-fuse: "
+    "cross-validated runs: the fold models train in one fused step (U-Net, SETR); --no-fuse: "
     "one after another; neither: fused on a GPU where a probe at the start finds it faster"
 )
 

@@ -78,14 +78,19 @@ def test_a_fused_step_is_each_models_own_step(norm: str, fast: bool) -> None:
         assert steps[0].keys() == steps[1].keys()
 
 
-def test_only_unets_of_one_shape_fuse() -> None:
+def test_only_models_of_one_kind_and_shape_fuse() -> None:
     unets = [t.state.model for t in trainers("batch", Speed())]
     assert fused.fusable(unets)
     assert not fused.fusable(unets[:1])
+    assert not fused.fusable([unets[0], unets[0]])  # one model twice: its statistics once
     wider = Trainer(TrainConfig(model="unet", width=8, image_size=32), "cpu").state.model
     assert not fused.fusable([unets[0], wider])
-    setr = TrainConfig(model="setr", image_size=32, depth=1, dim=32, heads=2).build_model()
-    assert not fused.fusable([setr, setr])
+    setrs = [
+        TrainConfig(model="setr", image_size=32, depth=1, dim=32, heads=2, seed=s).build_model()
+        for s in (0, 1)
+    ]
+    assert fused.fusable(setrs)  # tests/test_fused_setr.py holds what a fused SETR step does
+    assert not fused.fusable([unets[0], setrs[0]])
 
 
 def fold_run(phantom_dir: Path, fuse: str, epochs: int, resume=None):
