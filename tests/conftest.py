@@ -6,11 +6,34 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from flairseg.phantom import PhantomSpec, write_phantom
+
+# one torch thread per test process (and the CLIs it starts; a Ray trial sets its own from
+# its CPUs): two pytest-xdist workers then fill the two cores without oversubscribing them,
+# and a machine busy with other work does not stall every step of torch's thread pool
+# (seen: the fast tier's in-process training 13 s alone, 290 s beside a running study).
+# `default_threads` gives a test torch's own choice back, as the first test process saw it
+# (pytest-xdist's workers inherit this process's OMP_NUM_THREADS=1, and that variable).
+os.environ.setdefault("FLAIRSEG_TEST_TORCH_THREADS", str(torch.get_num_threads()))
+DEFAULT_THREADS = int(os.environ["FLAIRSEG_TEST_TORCH_THREADS"])
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+@pytest.fixture()
+def default_threads() -> Iterator[int]:
+    """torch's own number of threads for this test (the machine's cores, or OMP_NUM_THREADS
+    as the user set it): for a comparison of float sums whose tolerance was set with it."""
+    torch.set_num_threads(DEFAULT_THREADS)
+    yield DEFAULT_THREADS
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -118,30 +118,10 @@ class StudyEnv:
     def run_here(self, *args: str) -> tuple[int, str, str]:
         """`python -m study.run ARGS` in this process (for checks that fail before Ray
         starts): exit status, stdout, stderr. Runs in `root`, as `run` does."""
-        import contextlib
-        import io
+        from tests.inproc import call_cli
 
-        from flairseg.errors import run_cli
-        from study.cli import main
-
-        out, err = io.StringIO(), io.StringIO()
-        here = Path.cwd()
-        saved = dict(os.environ)  # what the study sets (a password file's path) goes with it
-        mask = os.umask(0)  # and the umask it narrows
-        os.umask(mask)
-        os.chdir(self.root)
-        try:
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                try:
-                    run_cli(main, self.argv(*args)[3:])
-                except SystemExit as stop:
-                    code = stop.code if isinstance(stop.code, int) else 1
-        finally:
-            os.chdir(here)
-            os.umask(mask)
-            os.environ.clear()
-            os.environ.update(saved)
-        return code, out.getvalue(), err.getvalue()
+        result = call_cli(*self.argv(*args)[2:], cwd=self.root)
+        return result.returncode, result.stdout, result.stderr
 
     def start(
         self, *args: str, log: str = "driver.log", env_extra: dict[str, str] | None = None

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import run_cli
+from tests.inproc import call_cli
 
 
 def _first(folder: Path, pattern: str) -> Path:
@@ -89,7 +90,7 @@ def assert_one_line_exit_2(result, expected: str) -> None:
 def test_bad_data_through_train_cli(case: str, tiny_phantom: Path, tmp_path: Path) -> None:
     data, expected = CASES[case](tiny_phantom)
     out = tmp_path / "out"
-    result = run_cli(
+    result = call_cli(  # in process (tests.inproc); test_bad_predict_inputs runs a real one
         "flairseg.train",
         "--data",
         str(data),
@@ -136,7 +137,7 @@ def test_bad_settings_through_train_cli(
     flags: list[str], expected: str, tiny_phantom: Path, tmp_path: Path
 ) -> None:
     json_file = tmp_path / "scores.json"
-    result = run_cli(
+    result = call_cli(
         "flairseg.train",
         "--data",
         str(tiny_phantom),

@@ -34,6 +34,7 @@ MLFLOW_LOGIN = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD":
 
 class Cluster:
     def __init__(self, root: Path) -> None:
+        self.started = time.time()  # Ray's sessions made since are this cluster's
         self.pg = Postgres(password=PG_PASSWORD)
         self.server = None
         self.head = self.node = None
@@ -208,9 +209,15 @@ def test_a_study_runs_on_both_nodes_and_logs_over_http(
     shown = result.stdout + result.stderr
     assert not [s for s in SECRETS if s in shown], shown
     assert _files_holding(tmp_path, SECRETS) == []  # Tune's pickles, the report, the JSON
-    session = Path("/tmp/ray/session_latest")
-    if session.exists():  # Ray's copies of Tune's state
-        assert _files_holding(session.resolve(), SECRETS[:2]) == []
+    # Ray's copies of Tune's state, in the cluster's own session (named after the head's
+    # `ray start`): session_latest is whichever Ray started last here, another test's too
+    # (a pid recurs: /tmp/ray keeps the sessions of earlier runs)
+    (session,) = [
+        s
+        for s in Path("/tmp/ray").glob(f"session_*_{cluster.head.proc.pid}")
+        if s.stat().st_mtime >= cluster.started
+    ]
+    assert _files_holding(session, SECRETS[:2]) == []
     assert readable_by_others(tmp_path) == []  # the workers' checkpoints included
     (parent,) = [r for r in runs if r.data.tags.get("role") == "study"]
     assert parent.data.tags["optuna_storage"] == cluster.pg.url("optuna", password=False)

@@ -24,6 +24,7 @@ from flairseg.ensemble import Ensemble
 from flairseg.errors import ConfigError
 from flairseg.folds import Folds, assign_folds, check_folds, make_folds, split_of
 from tests.conftest import run_cli
+from tests.inproc import call_cli
 
 # lr and batch chosen so that two epochs already give each fold its own, non-zero scores
 CONFIG = TrainConfig(image_size=32, width=8, batch_size=4, lr=0.01, epochs=2)
@@ -230,7 +231,7 @@ def test_resume_refuses_another_kind_of_checkpoint(cv_run: CVRun, tmp_path: Path
 @pytest.mark.slow
 def test_train_folds_cli_then_predict(phantom_dir: Path, tmp_path: Path) -> None:
     out, ckpt = tmp_path / "out.json", tmp_path / "cv.pt"
-    result = run_cli(
+    result = call_cli(  # in process (tests.inproc): refused before any training
         "flairseg.train",
         *("--data", str(phantom_dir), "--folds", "2", "--epochs", "1", "--image-size", "32"),
         *("--width", "8", "--batch-size", "4", "--lr", "0.01"),
@@ -273,7 +274,7 @@ def test_folds_out_of_range_is_one_line_and_writes_nothing(
     folds: str, phantom_dir: Path, tmp_path: Path
 ) -> None:
     out, ckpt = tmp_path / "out.json", tmp_path / "cv.pt"
-    result = run_cli(
+    result = call_cli(  # in process (tests.inproc): refused before any training
         "flairseg.train",
         *("--data", str(phantom_dir), "--folds", folds, "--epochs", "1", "--image-size", "32"),
         *("--width", "8", "--json", str(out), "--checkpoint", str(ckpt)),

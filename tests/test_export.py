@@ -4,8 +4,6 @@ run, in a real SQLite tracking store written by MLflow's client."""
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +12,7 @@ from test_report_readable import EXPERIMENT, GROUPS, STUDY, make_store
 
 from study.export import main, trials_frame
 from study.schema import Param, Tag
+from tests.inproc import call_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,10 +63,9 @@ def test_each_format_reads_back_equal(store: str, tmp_path: Path, fmt: str) -> N
 
 
 def test_without_out_the_table_goes_to_standard_output(store: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "study.export", "--study", STUDY, "--experiment", EXPERIMENT,
-         "--mlflow-uri", store],
-        capture_output=True, text=True, cwd=REPO, timeout=300,
+    result = call_cli(
+        "study.export", "--study", STUDY, "--experiment", EXPERIMENT, "--mlflow-uri", store,
+        cwd=REPO,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     back = pd.read_csv(io.StringIO(result.stdout))
@@ -86,10 +84,7 @@ def test_bad_input_is_one_line_and_exit_2(
     store: str, tmp_path: Path, args: list[str], message: str
 ) -> None:
     out = tmp_path / "t.csv"
-    result = subprocess.run(
-        [sys.executable, "-m", "study.export", *args, "--mlflow-uri", store, "--out", str(out)],
-        capture_output=True, text=True, cwd=REPO, timeout=300,
-    )  # fmt: skip
+    result = call_cli("study.export", *args, "--mlflow-uri", store, "--out", str(out), cwd=REPO)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 or "usage" in result.stderr

@@ -22,6 +22,7 @@ from flairseg.engine import predict_probs
 from study import register
 from study.schema import Artifact, Param, Tag
 from tests.conftest import run_cli
+from tests.inproc import call_cli
 from tests.study_helpers import StudyEnv, mlflow_template
 
 SPLIT = '{"train": ["a"], "val": ["b"], "test": ["c"]}'
@@ -183,21 +184,16 @@ def test_a_missing_model_or_alias_is_one_line_and_exit_2(
 ) -> None:
     store_uri = registered
     patient = sorted(p for p in phantom_dir.iterdir() if p.is_dir())[0]
-    saved = dict(os.environ)
-    os.environ["MLFLOW_TRACKING_URI"] = store_uri
-    try:
-        result = run_cli(
-            "flairseg.predict",
-            "--model",
-            uri,
-            "--input",
-            str(patient),
-            "--out",
-            str(tmp_path / "o"),
-        )
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    result = call_cli(
+        "flairseg.predict",
+        "--model",
+        uri,
+        "--input",
+        str(patient),
+        "--out",
+        str(tmp_path / "o"),
+        env={"MLFLOW_TRACKING_URI": store_uri},
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and says in lines[0], result.stderr
@@ -225,7 +221,7 @@ def test_a_bad_registered_name_is_refused_before_anything_runs(
 
 
 def test_register_by_hand_says_what_it_lacks(tmp_path: Path) -> None:
-    missing = run_cli(
+    missing = call_cli(
         "study.register", "--study", "s", "--mlflow-uri", f"sqlite:///{tmp_path}/none.db"
     )
     assert missing.returncode == 2

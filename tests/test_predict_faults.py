@@ -24,6 +24,7 @@ from flairseg.checkpoint import CHECKPOINT_FORMAT, write_checkpoint
 from flairseg.config import TrainConfig
 from flairseg.errors import FlairsegError
 from tests.conftest import REPO
+from tests.inproc import call_cli
 
 SMALL = dict(image_size=32, width=4)
 
@@ -126,7 +127,9 @@ def test_bad_out_is_one_line_before_inference(
 ) -> None:
     out, expected = bad_out(case, tmp_path)
     before = snapshot(tmp_path)
-    result = run_predict(ckpt, patient_of(tiny_phantom), out)
+    argv = ["--checkpoint", str(ckpt), "--input", str(patient_of(tiny_phantom)), "--out", str(out)]
+    # in process (tests.inproc): no OS limit wanted, refused before any inference
+    result = call_cli("flairseg.predict", *argv, "--device", "cpu", cwd=REPO)
     assert_one_line_exit_2(result, f"--out {out}", expected)
     assert snapshot(tmp_path) == before and not Path("/sys/flairseg-pred").exists()
 

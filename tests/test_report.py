@@ -18,6 +18,7 @@ from study_helpers import REPO, StudyEnv, write_search
 from flairseg.config import TrainConfig
 from study import schema, tracking
 from study.schema import Param, Role, Status, Tag
+from tests.inproc import call_cli
 
 FIGURES = 12
 SPLIT = {"train": ["O'Brien_1", "p2"], "val": ["b"], "test": ["c"]}  # a quote in an ID
@@ -46,13 +47,8 @@ concurrency: 1
 
 
 def report(env: StudyEnv, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "dashboards.report", "--mlflow-uri", env.mlflow_uri, *args],
-        cwd=env.root,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    """`python -m dashboards.report` on `env`'s store, in this process (tests.inproc)."""
+    return call_cli("dashboards.report", "--mlflow-uri", env.mlflow_uri, *args, cwd=env.root)
 
 
 def assert_opens_clean(page: Path, tmp_path: Path) -> None:
@@ -73,6 +69,7 @@ def _fake_study(
     stored (default: the schema's JSON)."""
     from mlflow.entities import Param as MlflowParam
 
+    env._prefill()  # an empty store copied from study_helpers.mlflow_template: no migrations
     c = schema.client(env.mlflow_uri)
     exp = c.create_experiment(experiment)
     parent = c.create_run(

@@ -12,8 +12,6 @@ from __future__ import annotations
 import colorsys
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +24,7 @@ from dashboards.pictures import COLUMNS, fig_overlays
 from flairseg.config import TrainConfig
 from study import schema, tracking
 from study.schema import Artifact, Param, Role, Status, Tag
+from tests.inproc import call_cli
 
 EXPERIMENT = "readable"
 STUDY = "legible"
@@ -265,14 +264,7 @@ def test_the_report_file_has_the_mode_of_any_file_written_under_the_umask(
     out.write_text("old")
     out.chmod(0o600)
     argv = ["--mlflow-uri", store, "--experiment", EXPERIMENT, "--out", str(out)]
-    result = subprocess.run(
-        [sys.executable, "-m", "dashboards.report", *argv],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        umask=umask,
-    )
+    result = call_cli("dashboards.report", *argv, cwd=REPO, umask=umask)
     assert result.returncode == 0, result.stderr
     mode = out.stat().st_mode & 0o777
     assert mode == _fresh_mode(tmp_path, umask | 0o007)

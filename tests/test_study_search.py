@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import ast
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from flairseg.errors import ConfigError
 from flairseg.models import MODELS
 from study import search as searches
 from study.ledger import StudyLock
+from tests.inproc import call_cli
 
 GOOD = GOOD_SEARCH
 
@@ -160,9 +159,7 @@ def test_unreachable_mlflow_server_exits_2_quickly(tmp_path: Path, phantom_dir: 
     env = StudyEnv(tmp_path, phantom_dir)
     argv = env.argv("--search", "combo_alpha")
     argv[argv.index("--mlflow-uri") + 1] = "http://127.0.0.1:9"
-    result = subprocess.run(
-        argv, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env.env()
-    )
+    result = call_cli(*argv[2:], cwd=tmp_path, env=env.env())
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert "--mlflow-uri http://127.0.0.1:9" in result.stderr
@@ -170,13 +167,7 @@ def test_unreachable_mlflow_server_exits_2_quickly(tmp_path: Path, phantom_dir: 
 
 
 def test_list_prints_every_search_with_its_space() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "study.run", "--list"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=Path(__file__).resolve().parents[1],
-    )
+    result = call_cli("study.run", "--list", cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0, result.stderr
     for name in searches.available():
         assert f"{name}: " in result.stdout
@@ -191,12 +182,12 @@ def test_a_second_invocation_on_a_running_study_is_refused(
     (tmp_path / "studies").mkdir()
     lock = StudyLock(env.optuna_url, "combo_alpha").acquire()
     try:
-        result = env.run("--search", "combo_alpha", "--image-size", "32", timeout=600)
+        code, _, stderr = env.run_here("--search", "combo_alpha", "--image-size", "32")
     finally:
         lock.release()
-    assert result.returncode == 2
-    assert "being run by another invocation" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    assert code == 2
+    assert "being run by another invocation" in stderr
+    assert len(stderr.strip().splitlines()) == 1
 
 
 def test_lock_is_released_with_its_holder(tmp_path: Path) -> None:
@@ -209,7 +200,6 @@ def test_lock_is_released_with_its_holder(tmp_path: Path) -> None:
     StudyLock(url, "s").acquire().release()
 
 
-@pytest.mark.slow
 def test_a_study_is_bound_to_its_data(tmp_path: Path, phantom_dir: Path) -> None:
     import optuna
 
@@ -220,14 +210,16 @@ def test_a_study_is_bound_to_its_data(tmp_path: Path, phantom_dir: Path) -> None
     )
     study.set_user_attr("search", "combo_alpha")
     study.set_user_attr("data_key", "another data set")
-    result = env.run("--search", "combo_alpha", "--image-size", "32", timeout=600)
-    assert result.returncode == 2
-    assert "it was run on other data" in result.stderr
-    other = env.run("--search", "family", "--study", "combo_alpha", timeout=600)
-    assert other.returncode == 2 and "belongs to search 'combo_alpha'" in other.stderr
+    code, _, stderr = env.run_here("--search", "combo_alpha", "--image-size", "32")
+    assert code == 2
+    assert "it was run on other data" in stderr
+    code, _, stderr = env.run_here("--search", "family", "--study", "combo_alpha")
+    assert code == 2 and "belongs to search 'combo_alpha'" in stderr
 
 
 def test_resume_with_nothing_to_resume_exits_0(tmp_path: Path, phantom_dir: Path) -> None:
-    result = StudyEnv(tmp_path, phantom_dir).run("--search", "combo_alpha", "--resume")
-    assert result.returncode == 0, result.stderr
-    assert "nothing to resume" in result.stdout
+    code, stdout, stderr = StudyEnv(tmp_path, phantom_dir).run_here(
+        "--search", "combo_alpha", "--resume"
+    )
+    assert code == 0, stderr
+    assert "nothing to resume" in stdout

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +14,8 @@ import pytest
 from PIL import Image
 
 from flairseg.config import TrainConfig
-from flairseg.dataset import load_dataset
-from flairseg.engine import load_checkpoint, train
+from flairseg.dataset import Dataset, load_dataset
+from flairseg.engine import TrainResult, load_checkpoint, train
 from tests.conftest import run_cli
 
 SMALL = dict(image_size=32, width=4, batch_size=8)
@@ -42,42 +44,70 @@ def test_short_run_learns(phantom_dir: Path) -> None:
     assert not result.stopped_early
 
 
-def test_same_config_same_numbers(phantom_dir: Path) -> None:
-    config = TrainConfig(epochs=2, **SMALL)
-    data = load_dataset(phantom_dir, config)
-    a = train(config, data).history
-    b = train(config, data).history
-    assert a == b
-    c = train(config.replace(seed=1), data).history
-    assert a != c
+@dataclass
+class Resumed:
+    """A 4-epoch run whole; the same config trained again and stopped by its callback after
+    epoch 2, its checkpoint saved then; that checkpoint resumed to the end."""
+
+    config: TrainConfig
+    data: Dataset
+    whole: TrainResult
+    half: TrainResult
+    checkpoint: Path
+    resumed: TrainResult
 
 
-@pytest.mark.parametrize("model", ["unet", "setr"])
-def test_resume_from_checkpoint_equals_one_run(
-    model: str, phantom_dir: Path, tmp_path: Path
-) -> None:
+def _resumed_run(model: str, data_dir: Path, folder: Path) -> Resumed:
     knobs = (
         SMALL
         if model == "unet"
         else dict(image_size=32, batch_size=8, num_cuts=8, depth=1, dim=32, heads=2, mlp_dim=32)
     )
     config = TrainConfig(model=model, epochs=4, **knobs)
-    data = load_dataset(phantom_dir, config)
-    whole = train(config, data).history
+    data = load_dataset(data_dir, config)
+    whole = train(config, data)
+    path = folder / "half.ckpt"
+    half = train(config, data, on_epoch=lambda r: r.save_checkpoint(path) and False or r.epoch == 2)
+    return Resumed(config, data, whole, half, path, train(config, data, resume=path))
 
-    path = tmp_path / "half.ckpt"
-    train(config, data, on_epoch=lambda r: r.save_checkpoint(path) and False or r.epoch == 2)
-    assert load_checkpoint(path)["epoch"] == 2
-    resumed = train(config, data, resume=path).history
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, phantom_dir: Path) -> Callable[[str], Resumed]:
+    """A model's runs, trained once for this module: the resume, the repeat and the
+    callback tests read the same U-Net runs."""
+    made: dict[str, Resumed] = {}
+
+    def get(model: str) -> Resumed:
+        if model not in made:
+            made[model] = _resumed_run(model, phantom_dir, tmp_path_factory.mktemp(model))
+        return made[model]
+
+    return get
+
+
+def test_same_config_same_numbers(runs: Callable[[str], Resumed]) -> None:
+    unet = runs("unet")
+    a = unet.whole.history[:2]
+    b = unet.half.history  # the same config trained again, to epoch 2
+    assert a == b
+    c = train(unet.config.replace(seed=1), unet.data, on_epoch=lambda r: r.epoch == 2).history
+    assert len(c) == 2 and a != c
+
+
+@pytest.mark.parametrize("model", ["unet", "setr"])
+def test_resume_from_checkpoint_equals_one_run(model: str, runs: Callable[[str], Resumed]) -> None:
+    run = runs(model)
+    assert load_checkpoint(run.checkpoint)["epoch"] == 2
+    resumed = run.resumed.history
     assert [m["epoch"] for m in resumed] == [1, 2, 3, 4]
-    for a, b in zip(whole, resumed, strict=True):
+    for a, b in zip(run.whole.history, resumed, strict=True):
         assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
 
 
-def test_callback_can_stop(phantom_dir: Path) -> None:
-    config = TrainConfig(epochs=5, **SMALL)
-    result = train(config, load_dataset(phantom_dir, config), on_epoch=lambda r: r.epoch >= 2)
-    assert len(result.history) == 2 and result.stopped_early
+def test_callback_can_stop(runs: Callable[[str], Resumed]) -> None:
+    unet = runs("unet")  # its second run's callback stops it after epoch 2 of 4
+    assert len(unet.half.history) == 2 and unet.half.stopped_early
+    assert len(unet.whole.history) == 4 and not unet.whole.stopped_early
 
 
 @pytest.mark.slow
