@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,6 +25,13 @@ os.environ.setdefault("FLAIRSEG_TEST_TORCH_THREADS", str(torch.get_num_threads()
 DEFAULT_THREADS = int(os.environ["FLAIRSEG_TEST_TORCH_THREADS"])
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+# pytest-xdist's workers (execnet) ignore SIGINT, and an ignored signal stays ignored in a
+# child across exec: the drivers the Ctrl+C tests start would never see their SIGINT. A
+# handler (unlike SIG_IGN) is reset to the default at exec, so each child's Python installs
+# its own KeyboardInterrupt again.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture()
