@@ -100,12 +100,10 @@ def fold_run(phantom_dir: Path, fuse: str, epochs: int, resume=None):
     return train_folds(config, plan, datasets, resume=resume, speed=Speed(fuse=fuse))
 
 
-def test_a_cross_validated_run_fused_and_not_gives_the_same_run(phantom_dir: Path) -> None:
-    on, off = fold_run(phantom_dir, "on", 2), fold_run(phantom_dir, "off", 2)
-    assert on.state.fused and not off.state.fused
-    data = load_dataset(phantom_dir, TrainConfig(image_size=32))
-    sizes = {len(d.train) for d in make_folds(data, 3, 0)[1]}
-    assert len(sizes) > 1 or next(iter(sizes)) % 8  # some batches ran unfused: the tails
+def assert_same_run(on, off) -> None:
+    """Two cross-validated runs of one config, fused and not: the same metrics every epoch
+    (to tolerance), the same checkpoint layout and shapes, and weights apart only by float
+    rounding."""
     for a, b in zip(on.state.history, off.state.history, strict=True):
         assert a.keys() == b.keys()
         for key in a:
@@ -115,12 +113,23 @@ def test_a_cross_validated_run_fused_and_not_gives_the_same_run(phantom_dir: Pat
     for fold_on, fold_off in zip(ckpt_on["folds"], ckpt_off["folds"], strict=True):
         assert fold_on.keys() == fold_off.keys()
         assert fold_on["model"].keys() == fold_off["model"].keys()
+        for key, value in fold_on["model"].items():
+            assert value.shape == fold_off["model"][key].shape, key
         # the weights and statistics each path learnt: apart only by float rounding as two
         # epochs of Adam carry it (about 2e-4 of the model's norm here; a gradient near
         # Adam's eps moves its weight by a fraction of lr, so no one element is held);
         # fold 1 and fold 2, from the same start on other data, are about 7e-2 apart
         on_w, off_w = (_flat(f["model"]) for f in (fold_on, fold_off))
         assert (on_w - off_w).norm() / off_w.norm() < 5e-3
+
+
+def test_a_cross_validated_run_fused_and_not_gives_the_same_run(phantom_dir: Path) -> None:
+    on, off = fold_run(phantom_dir, "on", 2), fold_run(phantom_dir, "off", 2)
+    assert on.state.fused and not off.state.fused
+    data = load_dataset(phantom_dir, TrainConfig(image_size=32))
+    sizes = {len(d.train) for d in make_folds(data, 3, 0)[1]}
+    assert len(sizes) > 1 or next(iter(sizes)) % 8  # some batches ran unfused: the tails
+    assert_same_run(on, off)
 
 
 def _flat(state: dict) -> torch.Tensor:
