@@ -6,6 +6,7 @@ file reference lists exactly the keys a search file may hold."""
 from __future__ import annotations
 
 import html
+import os
 import re
 import subprocess
 import sys
@@ -36,7 +37,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=600,
-        env={**__import__("os").environ, "NO_MKDOCS_2_WARNING": "1"},
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )  # fmt: skip
     assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stderr[-3000:]}"
     assert "WARNING" not in result.stderr, result.stderr[-3000:]
@@ -51,13 +52,12 @@ def broken_links(page: Path, dom: str, site: Path) -> list[str]:
         parts = urlsplit(href)
         if parts.scheme in ("http", "https", "mailto") or parts.netloc:
             continue
-        path = Path(unquote(parts.path)) if parts.scheme != "file" else None
         if parts.scheme == "file":
             target = Path(unquote(parts.path))
         elif not parts.path:
             target = page
         else:
-            target = (page.parent / path).resolve()
+            target = (page.parent / unquote(parts.path)).resolve()
         if target.is_dir():
             target = target / "index.html"
         if not target.is_file() or not target.resolve().is_relative_to(site.resolve()):
