@@ -117,3 +117,8 @@ def test_each_command_runs_as_written(line: str, command: str) -> None:
             helped = module_help(module)
             missing = sorted(f for f in flags if f not in helped)
             assert not missing, f"{line}: python -m {module} takes no {missing}"
+
+
+def test_the_readme_reads_in_five_minutes() -> None:
+    """The README stays a front page (under 250 lines); the rest lives in docs/."""
+    assert len((REPO / "README.md").read_text().splitlines()) < 250
