@@ -42,6 +42,7 @@ def run_cli(
     argv: Sequence[str] | None = None,
     hard_exit_on_interrupt: bool = False,
     interrupted_status: Callable[[], int] = lambda: 130,
+    hard_exit: bool = False,
 ) -> None:
     """Run a CLI entry point; a `FlairsegError` becomes `error: ...` on stderr and exit status 2.
 
@@ -52,6 +53,12 @@ def run_cli(
     without the interpreter's teardown, in which a native library caught half-started (Ray's
     core worker) at times crashes (SIGSEGV instead of exit 130). `interrupted_status`: the
     exit status then (130 for a Ctrl+C; a caller that turns other signals into one says).
+
+    `hard_exit`: the same ending after a command that ran to its end (its threads joined
+    first, as the interpreter would): the teardown of a process that imported torch, Ray and
+    MLflow took 1.3-2.5 s of CPU after the last line (measured: a study's driver, 2.5 s),
+    paid by every study and every report it writes. Only for a `__main__`: an entry point
+    called inside another program returns through SystemExit as before.
     """
     keep_private()
     try:
@@ -65,7 +72,19 @@ def run_cli(
         if hard_exit_on_interrupt:
             _exit_now(code)
         raise SystemExit(code) from None
+    if hard_exit:
+        _join_threads()
+        _exit_now(code or 0)
     raise SystemExit(code or 0)
+
+
+def _join_threads() -> None:
+    """What the interpreter does first at its exit: `threading._shutdown` runs the callbacks
+    that tell pools to stop (concurrent.futures' workers are not daemons and wait for
+    one), then joins every thread that is not a daemon."""
+    import threading
+
+    threading._shutdown()  # type: ignore[attr-defined]
 
 
 def _exit_now(code: int) -> None:

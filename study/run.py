@@ -14,4 +14,4 @@ __all__ = ["main"]
 
 if __name__ == "__main__":
     # Ray may be half-started; SIGTERM and SIGHUP exit 143 and 129 (study.stops)
-    run_cli(main, hard_exit_on_interrupt=True, interrupted_status=stops.exit_status)
+    run_cli(main, hard_exit_on_interrupt=True, interrupted_status=stops.exit_status, hard_exit=True)
