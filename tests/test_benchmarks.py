@@ -79,14 +79,17 @@ def test_gpu_script_from_elsewhere_keeps_every_row_when_compile_fails(tmp_path: 
     env = blocking_env(tmp_path) | {"OUT": str(out), "CXX": "/nonexistent/g++"}
     # a slow or busy machine gets all the time it needs: no limit stands in for progress
     env["HARD_STOP_S"] = env["BOUND_STOP_S"] = "3600"
+    # the smallest sizes that still run every row: 16 px (the seed U-Net's bottleneck is
+    # 1 x 1 there), batches and fold parts of 2 slices (batch norm needs 2 values there), a
+    # width-1 U-Net for packing; every child still imports torch, which is most of its time
     env["BOUND_FLAGS"] = (
-        "--device cpu --image-size 32 --steps 1 --warmup 1 --repeats 1 --budget-s 3600 --limit-s 3600"
+        "--device cpu --image-size 16 --steps 1 --warmup 1 --repeats 1 --budget-s 3600 --limit-s 3600"
     )
     flags = (
         "--budget-s 3600 --limit-s 3600 --compile-limit-s 3600 --packing-limit-s 3600 "
-        "--device cpu --models unet --image-size 32 --steps 1 --warmup 1 --repeats 2 --threads "
-        "--thread-steps 2 --agreement --agreement-epochs 1 --seeds 2 "
-        "--packing-trials 4 --packing-epochs 1 --packing-width 4 --fold-slices 16"
+        "--device cpu --models unet --image-size 16 --batch-size 2 --steps 1 --warmup 1 "
+        "--repeats 2 --threads --thread-steps 1 --agreement --agreement-epochs 1 --seeds 2 "
+        "--packing-trials 4 --packing-epochs 1 --packing-width 1 --fold-slices 2"
     )
     result = subprocess.run(
         ["bash", str(REPO / "benchmarks" / "gpu.sh"), *flags.split()],
