@@ -56,7 +56,7 @@ def run_cli(
 
     `hard_exit`: the same ending after a command that ran to its end (its threads joined
     first, as the interpreter would): the teardown of a process that imported torch, Ray and
-    MLflow took 1.3-2.5 s of CPU after the last line (measured: a study's driver, 2.5 s),
+    MLflow took 1.3-2.5 s after the last line (measured: a study's driver, 2.5 s),
     paid by every study and every report it writes. Only for a `__main__`: an entry point
     called inside another program returns through SystemExit as before.
     """
