@@ -231,7 +231,7 @@ def test_resume_refuses_another_kind_of_checkpoint(cv_run: CVRun, tmp_path: Path
 @pytest.mark.slow
 def test_train_folds_cli_then_predict(phantom_dir: Path, tmp_path: Path) -> None:
     out, ckpt = tmp_path / "out.json", tmp_path / "cv.pt"
-    result = call_cli(  # in process (tests.inproc): refused before any training
+    result = call_cli(  # in process (tests.inproc): the command's output is the point here
         "flairseg.train",
         *("--data", str(phantom_dir), "--folds", "2", "--epochs", "1", "--image-size", "32"),
         *("--width", "8", "--batch-size", "4", "--lr", "0.01"),

@@ -42,6 +42,11 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_checkpoint(tiny_state(), tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
 
 
+def predict_argv(ckpt: Path, data: Path, out: Path) -> list[str]:
+    """`flairseg.predict`'s flags for one checkpoint, input and output, on the CPU."""
+    return ["--checkpoint", str(ckpt), "--input", str(data), "--out", str(out), "--device", "cpu"]
+
+
 def run_predict(
     ckpt: Path, data: Path, out: Path, *, fsize: int = 0, memory: int = 0
 ) -> subprocess.CompletedProcess:
@@ -53,7 +58,7 @@ def run_predict(
             if value:
                 resource.setrlimit(kind, (value, resource.getrlimit(kind)[1]))
 
-    argv = ["--checkpoint", str(ckpt), "--input", str(data), "--out", str(out), "--device", "cpu"]
+    argv = predict_argv(ckpt, data, out)
     return subprocess.run(
         [sys.executable, "-m", "flairseg.predict", *argv],
         cwd=REPO,
@@ -127,9 +132,9 @@ def test_bad_out_is_one_line_before_inference(
 ) -> None:
     out, expected = bad_out(case, tmp_path)
     before = snapshot(tmp_path)
-    argv = ["--checkpoint", str(ckpt), "--input", str(patient_of(tiny_phantom)), "--out", str(out)]
+    argv = predict_argv(ckpt, patient_of(tiny_phantom), out)
     # in process (tests.inproc): no OS limit wanted, refused before any inference
-    result = call_cli("flairseg.predict", *argv, "--device", "cpu", cwd=REPO)
+    result = call_cli("flairseg.predict", *argv, cwd=REPO)
     assert_one_line_exit_2(result, f"--out {out}", expected)
     assert snapshot(tmp_path) == before and not Path("/sys/flairseg-pred").exists()
 
